@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Create .venv (if missing), install the pinned dependencies and the project, and generate the
+# gRPC code from protos/. Re-running it is cheap: pip is skipped while requirements.txt is unchanged.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "install: creating .venv with $($PYTHON --version)"
+  "$PYTHON" -m venv .venv
+fi
+
+stamp=.venv/.requirements.sha256
+wanted=$(sha256sum requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
+  echo "install: installing requirements into .venv (the first time this downloads several GB)"
+  .venv/bin/pip install --quiet -r requirements.txt
+fi
+
+# Generate before the editable install so the generated package pq is found by it.
+.venv/bin/python scripts/gen_protos.py
+
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
+  .venv/bin/pip install --quiet --no-deps -e .
+  echo "$wanted" > "$stamp"
+fi

@@ -1,0 +1,1 @@
+"""gRPC services of the product-quality system: image encoder, text encoder and fusion predictor."""
