@@ -21,6 +21,7 @@ fi
 .venv/bin/python scripts/gen_protos.py
 
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
-  .venv/bin/pip install --quiet --no-deps -e .
+  # Compat mode puts the repository root on sys.path, so packages added later import too.
+  .venv/bin/pip install --quiet --no-deps -e . --config-settings editable_mode=compat
   echo "$wanted" > "$stamp"
 fi

@@ -92,7 +92,11 @@ def build_server(
         server,
     )
 
-    port = server.add_insecure_port(address)
+    # grpcio raises RuntimeError on a failed bind in recent releases and returned 0 in older ones.
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as error:
+        raise OSError(f"could not bind the gRPC server to {address}: {error}") from error
     if port == 0:
         raise OSError(f"could not bind the gRPC server to {address}")
     return ServiceServer(server, port, health_servicer, service_names, on_stop)

@@ -20,7 +20,8 @@ class EnvSettings(BaseModel):
     field's type. Unknown fields are rejected so a typo in code fails at start.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Attribute docstrings become field descriptions, which docs/configuration.md is generated from.
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     env_prefix: ClassVar[str] = "PQ_"
 

@@ -1,0 +1,1 @@
+"""Encoders that turn product images and texts into embedding vectors."""

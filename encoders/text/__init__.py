@@ -1,0 +1,21 @@
+"""Text encoder: sentence embeddings of product titles and descriptions from a transformer backbone."""
+
+from encoders.text.backbones import (
+    DEFAULT_TEXT_BACKBONE,
+    TEXT_BACKBONES,
+    BackboneUnavailableError,
+    TextBackboneSpec,
+    get_text_backbone,
+)
+from encoders.text.encoder import TextEmbeddings, TextEncoder, load_text_encoder
+
+__all__ = [
+    "DEFAULT_TEXT_BACKBONE",
+    "TEXT_BACKBONES",
+    "BackboneUnavailableError",
+    "TextBackboneSpec",
+    "TextEmbeddings",
+    "TextEncoder",
+    "get_text_backbone",
+    "load_text_encoder",
+]

@@ -1,0 +1,1 @@
+"""Product features in a Feast feature store: schema, definitions, offline sources, online access."""

@@ -1,0 +1,301 @@
+"""Versioned fusion-model checkpoints: a directory with the weights and a checkpoint.json.
+
+checkpoint.json contains everything besides the weights that serving the model needs. That is the
+FusionConfig, the fitted AttributeEncoder, the caller's feature schema, the label name and scaling,
+the encoder model ids, metrics, the training config and seed. It also records the sha256 of the
+weights file, which `load_checkpoint` verifies before loading.
+
+    CheckpointError            the checkpoint is missing, unreadable or inconsistent
+     +-- CheckpointIntegrityError   the weights file does not match the recorded sha256
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+
+from fusion.attributes import AttributeEncoder, AttributeEncodingError
+from fusion.labels import LabelScaling
+from fusion.model import ConcatFusionModel, FusionConfig
+
+safetensors_torch: ModuleType | None
+try:
+    import safetensors.torch as safetensors_torch
+except ImportError:  # the torch.save fallback below covers environments without safetensors
+    safetensors_torch = None
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT_VERSION = 1
+METADATA_FILE = "checkpoint.json"
+SAFETENSORS_WEIGHTS_FILE = "weights.safetensors"
+TORCH_WEIGHTS_FILE = "weights.pt"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint directory is missing, unreadable or inconsistent with this code."""
+
+
+class CheckpointIntegrityError(CheckpointError):
+    """A checkpoint's weights file does not match the sha256 recorded in checkpoint.json."""
+
+
+@dataclass(frozen=True)
+class CheckpointMetadata:
+    """Everything in checkpoint.json besides the model config, the attribute encoder and the weights record."""
+
+    model_version: str  # for example "boardgames-20261204T213500"
+    label_name: str
+    label_scaling: LabelScaling
+    feature_schema: dict[str, Any]  # opaque to this module; FeatureSchema.to_dict() in the pipeline
+    image_model_id: str
+    text_model_id: str
+    class_labels: list[str] = field(default_factory=list)  # [negative, positive] for binary, [] for regression
+    metrics: dict[str, Any] = field(default_factory=dict)
+    training_config: dict[str, Any] = field(default_factory=dict)
+    seed: int | None = None
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    @property
+    def task(self) -> str:
+        return self.label_scaling.task
+
+
+@dataclass
+class FusionBundle:
+    """A loaded checkpoint: the model in eval mode with everything needed to build its inputs."""
+
+    model: ConcatFusionModel
+    config: FusionConfig
+    attribute_encoder: AttributeEncoder
+    metadata: CheckpointMetadata
+    directory: Path
+    weights_sha256: str
+
+
+def default_model_version(dataset_name: str, created_at: datetime | None = None) -> str:
+    """Return a model version such as "boardgames-20261204T213500" (UTC time of `created_at`, default now)."""
+    created_at = created_at or datetime.now(UTC)
+    return f"{dataset_name}-{created_at.astimezone(UTC):%Y%m%dT%H%M%S}"
+
+
+def save_checkpoint(
+    directory: Path | str,
+    model: ConcatFusionModel,
+    attribute_encoder: AttributeEncoder,
+    metadata: CheckpointMetadata,
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write a checkpoint directory and return its path.
+
+    The files are written to a temporary sibling directory that is then renamed, so a reader never
+    sees a half-written checkpoint. An existing non-empty directory raises CheckpointError unless
+    `overwrite` is True.
+    """
+    directory = Path(directory)
+    _check_consistent(model.config, attribute_encoder, metadata)
+    if directory.exists() and any(directory.iterdir()) and not overwrite:
+        raise CheckpointError(
+            f"Checkpoint directory {directory} already exists and is not empty. Choose a new directory "
+            "or pass overwrite=True."
+        )
+    directory.parent.mkdir(parents=True, exist_ok=True)
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        weights_file, weights_format = _write_weights(staging, model)
+        document = {
+            "format_version": CHECKPOINT_FORMAT_VERSION,
+            "model_version": metadata.model_version,
+            "created_at": metadata.created_at,
+            "task": metadata.task,
+            "label": {
+                "name": metadata.label_name,
+                "mean": metadata.label_scaling.mean,
+                "std": metadata.label_scaling.std,
+                "class_labels": list(metadata.class_labels),
+            },
+            "model_config": model.config.to_dict(),
+            "attribute_encoder": attribute_encoder.to_dict(),
+            "feature_schema": metadata.feature_schema,
+            "encoders": {"image_model_id": metadata.image_model_id, "text_model_id": metadata.text_model_id},
+            "metrics": metadata.metrics,
+            "training_config": metadata.training_config,
+            "seed": metadata.seed,
+            "weights": {
+                "file": weights_file.name,
+                "format": weights_format,
+                "sha256": _sha256(weights_file),
+            },
+        }
+        text = json.dumps(_replace_non_finite(document), indent=2, sort_keys=False, allow_nan=False)
+        (staging / METADATA_FILE).write_text(text + "\n", encoding="utf-8")
+
+        if directory.exists():
+            shutil.rmtree(directory)
+        staging.rename(directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+    logger.info("Saved fusion checkpoint %s (model version %s)", directory, metadata.model_version)
+    return directory
+
+
+def load_checkpoint(directory: Path | str, *, device: torch.device | str = "cpu") -> FusionBundle:
+    """Load a checkpoint after verifying its weights file against the recorded sha256.
+
+    Raises CheckpointIntegrityError when the hash differs and CheckpointError when a file is missing,
+    the format version is unsupported or the parts do not fit together.
+    """
+    directory = Path(directory)
+    metadata_path = directory / METADATA_FILE
+    if not metadata_path.is_file():
+        raise CheckpointError(
+            f"No {METADATA_FILE} found in {directory}. The path must be a checkpoint directory written "
+            "by save_checkpoint."
+        )
+    try:
+        document = json.loads(metadata_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"Cannot read {metadata_path}: {error}.") from error
+
+    version = document.get("format_version")
+    if version != CHECKPOINT_FORMAT_VERSION:
+        raise CheckpointError(
+            f"Checkpoint {directory} has format version {version!r}, but this code reads version "
+            f"{CHECKPOINT_FORMAT_VERSION}. Retrain the model or use the code version that wrote it."
+        )
+
+    try:
+        config = FusionConfig.from_dict(document["model_config"])
+        attribute_encoder = AttributeEncoder.from_dict(document["attribute_encoder"])
+        label = document["label"]
+        metadata = CheckpointMetadata(
+            model_version=document["model_version"],
+            label_name=label["name"],
+            label_scaling=LabelScaling(task=document["task"], mean=label["mean"], std=label["std"]),
+            feature_schema=document["feature_schema"],
+            image_model_id=document["encoders"]["image_model_id"],
+            text_model_id=document["encoders"]["text_model_id"],
+            class_labels=list(label["class_labels"]),
+            metrics=document.get("metrics") or {},
+            training_config=document.get("training_config") or {},
+            seed=document.get("seed"),
+            created_at=document["created_at"],
+        )
+        weights_record = document["weights"]
+    except KeyError as error:
+        raise CheckpointError(f"{metadata_path} is incomplete because the field {error} is missing.") from error
+    except (TypeError, ValueError, AttributeEncodingError) as error:
+        raise CheckpointError(f"{metadata_path} has an invalid value: {error}") from error
+    _check_consistent(config, attribute_encoder, metadata)
+
+    weights_path = directory / weights_record["file"]
+    if not weights_path.is_file():
+        raise CheckpointError(f"Checkpoint weights file {weights_path} is missing.")
+    actual_sha256 = _sha256(weights_path)
+    if actual_sha256 != weights_record["sha256"]:
+        raise CheckpointIntegrityError(
+            f"Checkpoint weights file {weights_path} has sha256 {actual_sha256}, but {METADATA_FILE} records "
+            f"{weights_record['sha256']}; the file was changed or corrupted after saving. Restore the "
+            "original file or retrain."
+        )
+
+    state_dict = _read_weights(weights_path, weights_record["format"])
+    model = ConcatFusionModel(config)
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(f"Weights in {weights_path} do not fit the recorded FusionConfig: {error}") from error
+    model.to(device).eval()
+
+    logger.info("Loaded fusion checkpoint %s (model version %s)", directory, metadata.model_version)
+    return FusionBundle(
+        model=model,
+        config=config,
+        attribute_encoder=attribute_encoder,
+        metadata=metadata,
+        directory=directory,
+        weights_sha256=actual_sha256,
+    )
+
+
+def _check_consistent(config: FusionConfig, encoder: AttributeEncoder, metadata: CheckpointMetadata) -> None:
+    problems = []
+    if config.task != metadata.task:
+        problems.append(f"the model task is {config.task!r} but the label scaling task is {metadata.task!r}")
+    if encoder.numeric_dim != config.numeric_dim:
+        problems.append(
+            f"the attribute encoder gives {encoder.numeric_dim} numeric inputs but the model takes {config.numeric_dim}"
+        )
+    if encoder.categorical_cardinalities != list(config.categorical_cardinalities):
+        problems.append(
+            f"the attribute encoder's categorical cardinalities {encoder.categorical_cardinalities} differ from "
+            f"the model's {list(config.categorical_cardinalities)}"
+        )
+    if metadata.task == "binary" and len(metadata.class_labels) != 2:
+        problems.append(f"a binary model needs two class labels, got {metadata.class_labels}")
+    if metadata.task == "regression" and metadata.class_labels:
+        problems.append(f"a regression model has no class labels, got {metadata.class_labels}")
+    if problems:
+        raise CheckpointError("Inconsistent checkpoint: " + "; ".join(problems) + ".")
+
+
+def _write_weights(directory: Path, model: ConcatFusionModel) -> tuple[Path, str]:
+    state_dict = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    if safetensors_torch is not None:
+        path = directory / SAFETENSORS_WEIGHTS_FILE
+        safetensors_torch.save_file(state_dict, str(path))
+        return path, "safetensors"
+    path = directory / TORCH_WEIGHTS_FILE
+    torch.save(state_dict, path)
+    return path, "torch"
+
+
+def _read_weights(path: Path, weights_format: str) -> dict[str, torch.Tensor]:
+    if weights_format == "safetensors":
+        if safetensors_torch is None:
+            raise CheckpointError(
+                f"Checkpoint weights {path} are in safetensors format, but the safetensors package is not "
+                "installed; install it with pip."
+            )
+        return safetensors_torch.load_file(str(path), device="cpu")
+    if weights_format == "torch":
+        return torch.load(path, map_location="cpu", weights_only=True)
+    raise CheckpointError(f"Checkpoint weights {path} have the unknown format {weights_format!r}.")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _replace_non_finite(value: Any) -> Any:
+    """Replace NaN and ±inf floats, which JSON cannot represent, by None (for example an undefined ROC AUC)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {key: _replace_non_finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_replace_non_finite(item) for item in value]
+    return value

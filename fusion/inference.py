@@ -1,0 +1,242 @@
+"""Quality predictions with exact Shapley contributions of the three modalities.
+
+The model's value for a subset S of modalities is its prediction with the modalities outside S
+marked missing, so that the learned missing vectors stand in for them. With three modalities all
+2^3 = 8 subsets are evaluated in one batched forward pass, and the Shapley value of modality m is
+
+    phi_m = sum over S not containing m of |S|! (3 - |S| - 1)! / 3! * (v(S + {m}) - v(S)).
+
+The contributions then add up to v(all) - v(none), that is quality minus baseline. A modality absent
+from the input is missing in every subset, so its contribution is exactly 0.
+
+The gRPC predictor and the offline evaluation both use FusionPredictor, so they give identical numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fusion.attributes import AttributeRow, is_missing_value
+from fusion.batch import FusionBatch
+from fusion.checkpoint import CheckpointMetadata, FusionBundle, load_checkpoint
+from fusion.device import resolve_device
+from fusion.model import MODALITIES
+
+# Row s has column m set when modality m is in subset s, so subset 0 is empty and subset 7 is full.
+_SUBSETS = np.array([[(s >> m) & 1 for m in range(len(MODALITIES))] for s in range(2 ** len(MODALITIES))], dtype=bool)
+
+
+def _shapley_weight(subset_size: int, n_players: int = len(MODALITIES)) -> float:
+    return math.factorial(subset_size) * math.factorial(n_players - subset_size - 1) / math.factorial(n_players)
+
+
+@dataclass(frozen=True)
+class FusionInputs:
+    """Inputs of B products before attribute encoding."""
+
+    image: np.ndarray  # (B, Di) float32; rows where present[:, 0] is False are ignored
+    text: np.ndarray  # (B, Dt) float32; rows where present[:, 1] is False are ignored
+    attributes: Sequence[AttributeRow | None]  # B rows by column name; None where nothing is known
+    present: np.ndarray  # (B, 3) bool, columns in MODALITIES order
+
+    @classmethod
+    def from_optional(
+        cls,
+        images: Sequence[np.ndarray | None],
+        texts: Sequence[np.ndarray | None],
+        attributes: Sequence[AttributeRow | None],
+        *,
+        image_dim: int,
+        text_dim: int,
+    ) -> FusionInputs:
+        """Build inputs from per-product values, where None marks a missing modality.
+
+        The attributes modality is present for a row with at least one value that is not None, NaN,
+        infinite or blank.
+        """
+        if not len(images) == len(texts) == len(attributes):
+            raise ValueError(
+                f"Different numbers of images ({len(images)}), texts ({len(texts)}) and attribute rows "
+                f"({len(attributes)})."
+            )
+        present = np.zeros((len(images), len(MODALITIES)), dtype=bool)  # (B, 3)
+        present[:, 0] = [vector is not None for vector in images]
+        present[:, 1] = [vector is not None for vector in texts]
+        present[:, 2] = [
+            row is not None and any(not is_missing_value(value) for value in row.values()) for row in attributes
+        ]
+        return cls(
+            image=_stack_optional("image", images, image_dim),
+            text=_stack_optional("text", texts, text_dim),
+            attributes=list(attributes),
+            present=present,
+        )
+
+
+@dataclass(frozen=True)
+class FusionPredictions:
+    """Predictions for B products, in label units (P(positive) for binary tasks)."""
+
+    quality: np.ndarray  # (B,) float64
+    class_probabilities: np.ndarray | None  # (B, 2) float64 [P(negative), P(positive)] for binary; None else
+    contributions: np.ndarray  # (B, 3) float64 Shapley values in MODALITIES order
+    baseline: np.ndarray  # (B,) float64 prediction with all three modalities missing
+
+
+class FusionPredictor:
+    """A loaded fusion model that turns FusionInputs into FusionPredictions, in eval mode."""
+
+    def __init__(self, bundle: FusionBundle, *, device: torch.device | str = "auto") -> None:
+        self.bundle = bundle
+        self.device = resolve_device(device)
+        self.model = bundle.model.to(self.device).eval()
+        self.attribute_encoder = bundle.attribute_encoder
+
+    @classmethod
+    def from_checkpoint(cls, directory: Path | str, *, device: torch.device | str = "auto") -> FusionPredictor:
+        return cls(load_checkpoint(directory), device=device)
+
+    @property
+    def metadata(self) -> CheckpointMetadata:
+        return self.bundle.metadata
+
+    @property
+    def model_version(self) -> str:
+        return self.bundle.metadata.model_version
+
+    @property
+    def label_name(self) -> str:
+        return self.bundle.metadata.label_name
+
+    @property
+    def task(self) -> str:
+        return self.bundle.metadata.task
+
+    @property
+    def class_labels(self) -> list[str]:
+        return list(self.bundle.metadata.class_labels)
+
+    @property
+    def image_model_id(self) -> str:
+        return self.bundle.metadata.image_model_id
+
+    @property
+    def text_model_id(self) -> str:
+        return self.bundle.metadata.text_model_id
+
+    @property
+    def feature_schema(self) -> dict[str, Any]:
+        return self.bundle.metadata.feature_schema
+
+    @property
+    def image_dim(self) -> int:
+        return self.bundle.config.image_dim
+
+    @property
+    def text_dim(self) -> int:
+        return self.bundle.config.text_dim
+
+    @property
+    def attribute_columns(self) -> list[str]:
+        return self.attribute_encoder.columns
+
+    def predict(self, inputs: FusionInputs, *, chunk_size: int = 1024) -> FusionPredictions:
+        """Encode the attribute rows and predict as `predict_batch` does.
+
+        Raises ValueError when a present attributes row is None or the inputs have the wrong shape,
+        and AttributeEncodingError (a ValueError) for an attribute value that is not valid.
+        """
+        present = np.asarray(inputs.present, dtype=bool)
+        if present.shape != (len(inputs.attributes), len(MODALITIES)):
+            raise ValueError(
+                f"'present' has shape {present.shape}, expected ({len(inputs.attributes)}, {len(MODALITIES)}) "
+                "for one attribute row per product."
+            )
+        absent_rows = [i for i, row in enumerate(inputs.attributes) if row is None and present[i, 2]]
+        if absent_rows:
+            raise ValueError(
+                f"Rows {absent_rows[:10]} mark the attributes present but have no attribute row. "
+                "Pass a row or set present[:, 2] to False."
+            )
+        for name, values, dim in (("image", inputs.image, self.image_dim), ("text", inputs.text, self.text_dim)):
+            if values.ndim != 2 or values.shape[1] != dim:
+                raise ValueError(
+                    f"{name.capitalize()} embeddings have shape {values.shape}, expected (B, {dim}) for "
+                    f"model version {self.model_version}."
+                )
+
+        attributes = self.attribute_encoder.transform(inputs.attributes)
+        batch = FusionBatch.from_numpy(inputs.image, inputs.text, attributes, present)
+        return self.predict_batch(batch, chunk_size=chunk_size)
+
+    def predict_batch(self, batch: FusionBatch, *, chunk_size: int = 1024) -> FusionPredictions:
+        """Predict quality, class probabilities, Shapley contributions and baseline for every product.
+
+        Each chunk of up to `chunk_size` products is one forward pass over 8 * chunk rows, one row per
+        product and modality subset.
+        """
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be at least 1, got {chunk_size}.")
+        n = len(batch)
+        values = np.empty((len(_SUBSETS), n), dtype=np.float64)  # (8, B) label units
+        for start in range(0, n, chunk_size):
+            chunk = batch.select(torch.arange(start, min(start + chunk_size, n)))
+            values[:, start : start + len(chunk)] = self._subset_values(chunk)
+
+        quality = values[-1]  # (B,) full subset, restricted to the present modalities
+        baseline = values[0]  # (B,) empty subset
+        contributions = np.zeros((n, len(MODALITIES)), dtype=np.float64)  # (B, 3)
+        for s, subset in enumerate(_SUBSETS):
+            for m in np.flatnonzero(~subset):
+                with_m = s | (1 << m)
+                contributions[:, m] += _shapley_weight(int(subset.sum())) * (values[with_m] - values[s])
+
+        class_probabilities = None
+        if self.task == "binary":
+            class_probabilities = np.stack([1.0 - quality, quality], axis=1)  # (B, 2)
+        return FusionPredictions(
+            quality=quality,
+            class_probabilities=class_probabilities,
+            contributions=contributions,
+            baseline=baseline,
+        )
+
+    @torch.inference_mode()
+    def _subset_values(self, chunk: FusionBatch) -> np.ndarray:
+        """Return the model's value for every modality subset of every product, (8, B) in label units."""
+        chunk = chunk.to(self.device)
+        n_subsets = len(_SUBSETS)
+        b = len(chunk)
+
+        # Repeat the products once per subset, subset-major: row s * B + b is product b under subset s.
+        subsets = torch.from_numpy(_SUBSETS).to(self.device)  # (8, 3)
+        present = (subsets.unsqueeze(1) & chunk.present.unsqueeze(0)).reshape(n_subsets * b, -1)  # (8B, 3)
+        repeated = FusionBatch(
+            image=chunk.image.repeat(n_subsets, 1),  # (8B, Di)
+            text=chunk.text.repeat(n_subsets, 1),  # (8B, Dt)
+            numeric=chunk.numeric.repeat(n_subsets, 1),  # (8B, Fn)
+            categorical=chunk.categorical.repeat(n_subsets, 1),  # (8B, Fc)
+            present=present,
+        )
+
+        outputs = repeated.run(self.model).reshape(n_subsets, b)  # (8, B) standardised labels or logits
+        return self.bundle.metadata.label_scaling.to_label_units(outputs.double().cpu().numpy())
+
+
+def _stack_optional(name: str, vectors: Sequence[np.ndarray | None], dim: int) -> np.ndarray:
+    stacked = np.zeros((len(vectors), dim), dtype=np.float32)  # (B, D)
+    for i, vector in enumerate(vectors):
+        if vector is None:
+            continue
+        vector = np.asarray(vector, dtype=np.float32)
+        if vector.shape != (dim,):
+            raise ValueError(f"The {name} embedding of row {i} has shape {vector.shape}, expected ({dim},).")
+        stacked[i] = vector
+    return stacked

@@ -1,0 +1,228 @@
+"""gRPC clients of the image and text encoder services, with deadlines and error mapping.
+
+Each call's deadline is the smaller of the configured encoder timeout and the time the predictor's
+own caller has left. Inputs are sent in chunks of at most `max_items_per_call`, the encoders' maximum
+batch size, all in flight at once. Encoder failures become service errors of the predictor:
+
+    encoder status                      predictor error
+    INVALID_ARGUMENT (for example a     InvalidArgumentError naming the predictor's request field
+      corrupt image)
+    UNAVAILABLE (cannot connect)        UnavailableError naming the encoder address
+    DEADLINE_EXCEEDED                   DeadlineExceededError
+    any other status                    ServiceError (INTERNAL) with the encoder's status and message
+
+Every response's model id is checked against the checkpoint's, because vectors of another encoder
+model would otherwise reach a fusion head trained on different features.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from typing import Any, Generic, TypeVar
+
+import grpc
+import numpy as np
+
+from pq.v1 import image_encoder_pb2, image_encoder_pb2_grpc, text_encoder_pb2, text_encoder_pb2_grpc
+from pq.v1.embedding_pb2 import Embedding
+from services.common import embedding_codec
+from services.common.errors import (
+    DeadlineExceededError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    ServiceError,
+    UnavailableError,
+)
+
+logger = logging.getLogger(__name__)
+
+# The encoders name a bad item by its index in their own request, as "images[3]" or "texts[3]".
+_ITEM_INDEX = re.compile(r"\b(?:images|texts)\[(\d+)\]")
+
+_Item = TypeVar("_Item", bytes, str)
+
+
+class PendingEmbeddings:
+    """Encoder calls in flight for one list of inputs; `result()` waits for all of them."""
+
+    def __init__(
+        self,
+        client: _EncoderClient[Any],
+        calls: list[tuple[grpc.Future, slice]],
+        field_paths: Sequence[str],
+        timeout_s: float,
+    ) -> None:
+        self._client = client
+        self._calls = calls
+        self._field_paths = list(field_paths)
+        self._timeout_s = timeout_s
+
+    def result(self) -> np.ndarray:
+        """Return the embeddings (N, D) float32 in input order; raise a ServiceError on failure."""
+        parts: list[np.ndarray] = []
+        for position, (call, rows) in enumerate(self._calls):
+            try:
+                reply = call.result()
+            except grpc.RpcError as error:
+                for later, _rows in self._calls[position + 1 :]:
+                    later.cancel()
+                raise self._client.map_error(error, self._field_paths[rows], self._timeout_s) from None
+            parts.append(self._client.decode_reply(reply, rows.stop - rows.start))
+        return np.concatenate(parts, axis=0)  # (N, D)
+
+
+class _EncoderClient(Generic[_Item]):
+    """Channel, chunking, deadline and error handling shared by the two encoder clients."""
+
+    kind: str  # "image" or "text", used in messages
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        expected_model_id: str,
+        expected_dim: int,
+        timeout_s: float,
+        max_items_per_call: int,
+        max_message_bytes: int,
+    ) -> None:
+        self.address = address
+        self.expected_model_id = expected_model_id
+        self.expected_dim = expected_dim
+        self.timeout_s = timeout_s
+        self.max_items_per_call = max_items_per_call
+        self._channel = grpc.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+            ],
+        )
+        self._bind(self._channel)
+
+    def close(self) -> None:
+        """Close the channel; later calls fail."""
+        self._channel.close()
+
+    def submit(
+        self, items: Sequence[_Item], field_paths: Sequence[str], remaining_s: float | None
+    ) -> PendingEmbeddings:
+        """Start embedding `items` and return the calls in flight.
+
+        `field_paths` names each item's field in the predictor's request, for error messages.
+        `remaining_s` is the time the predictor's caller has left, or None without a deadline.
+        """
+        timeout_s = self.timeout_s if remaining_s is None else min(self.timeout_s, remaining_s)
+        if timeout_s <= 0:
+            raise DeadlineExceededError(
+                f"the call's deadline passed before the {self.kind} encoder at {self.address} was called"
+            )
+        calls = []
+        for start in range(0, len(items), self.max_items_per_call):
+            rows = slice(start, min(start + self.max_items_per_call, len(items)))
+            calls.append((self._start_call(items[rows], timeout_s), rows))
+        return PendingEmbeddings(self, calls, field_paths, timeout_s)
+
+    def map_error(self, error: grpc.RpcError, field_paths: Sequence[str], timeout_s: float) -> ServiceError:
+        """Turn a failed encoder call into the predictor's ServiceError."""
+        code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
+        details = (error.details() if isinstance(error, grpc.Call) else None) or str(error)
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            return InvalidArgumentError(
+                f"{self._locate(details, field_paths)} was rejected by the {self.kind} encoder: {details}"
+            )
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return UnavailableError(
+                f"the {self.kind} encoder at {self.address} is unavailable ({details}); "
+                "check that the service is running and that the predictor's address setting points to it"
+            )
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return DeadlineExceededError(
+                f"the {self.kind} encoder at {self.address} did not respond within {timeout_s:.3g} s "
+                "(the smaller of the encoder timeout and the call's remaining time)"
+            )
+        logger.error("%s encoder at %s failed with %s: %s", self.kind, self.address, code.name, details)
+        return ServiceError(f"the {self.kind} encoder at {self.address} failed with {code.name}: {details}")
+
+    def decode_reply(self, reply: Any, count: int) -> np.ndarray:
+        """Check one reply's model id, dimension and length, and return its vectors (count, D)."""
+        embeddings, model_id, embedding_dim = self._unpack(reply)
+        if model_id != self.expected_model_id:
+            raise FailedPreconditionError(
+                f"the {self.kind} encoder at {self.address} runs model {model_id!r}, but the fusion "
+                f"checkpoint was trained on embeddings of {self.expected_model_id!r}; point the predictor "
+                "at an encoder with that model, or load a checkpoint trained on this one"
+            )
+        if embedding_dim != self.expected_dim:
+            raise FailedPreconditionError(
+                f"the {self.kind} encoder at {self.address} returns {embedding_dim}-d embeddings, but "
+                f"the fusion checkpoint expects {self.expected_dim}-d"
+            )
+        if len(embeddings) != count:
+            raise ServiceError(
+                f"the {self.kind} encoder at {self.address} returned {len(embeddings)} embeddings "
+                f"for {count} inputs"
+            )
+        try:
+            vectors = [embedding_codec.from_message(embedding) for embedding in embeddings]
+        except ValueError as error:
+            raise ServiceError(
+                f"the {self.kind} encoder at {self.address} sent a malformed embedding: {error}"
+            ) from None
+        if any(vector.shape != (self.expected_dim,) for vector in vectors):
+            raise ServiceError(
+                f"the {self.kind} encoder at {self.address} sent an embedding whose length differs "
+                f"from its embedding_dim {embedding_dim}"
+            )
+        return np.stack(vectors).astype(np.float32, copy=False)  # (count, D)
+
+    def _locate(self, details: str, field_paths: Sequence[str]) -> str:
+        match = _ITEM_INDEX.search(details)
+        if match is not None and int(match.group(1)) < len(field_paths):
+            return field_paths[int(match.group(1))]
+        if len(field_paths) == 1:
+            return field_paths[0]
+        return "one of " + ", ".join(field_paths)
+
+    def _bind(self, channel: grpc.Channel) -> None:
+        raise NotImplementedError
+
+    def _start_call(self, items: Sequence[_Item], timeout_s: float) -> grpc.Future:
+        raise NotImplementedError
+
+    def _unpack(self, reply: Any) -> tuple[Sequence[Embedding], str, int]:
+        raise NotImplementedError
+
+
+class ImageEncoderClient(_EncoderClient[bytes]):
+    """Client of pq.v1.ImageEncoderService; items are encoded image files."""
+
+    kind = "image"
+
+    def _bind(self, channel: grpc.Channel) -> None:
+        self._stub = image_encoder_pb2_grpc.ImageEncoderServiceStub(channel)
+
+    def _start_call(self, items: Sequence[bytes], timeout_s: float) -> grpc.Future:
+        request = image_encoder_pb2.EmbedImagesRequest(images=list(items))
+        return self._stub.EmbedImages.future(request, timeout=timeout_s)
+
+    def _unpack(self, reply: image_encoder_pb2.EmbedImagesResponse) -> tuple[Sequence[Embedding], str, int]:
+        return reply.embeddings, reply.model_id, reply.embedding_dim
+
+
+class TextEncoderClient(_EncoderClient[str]):
+    """Client of pq.v1.TextEncoderService; items are product texts."""
+
+    kind = "text"
+
+    def _bind(self, channel: grpc.Channel) -> None:
+        self._stub = text_encoder_pb2_grpc.TextEncoderServiceStub(channel)
+
+    def _start_call(self, items: Sequence[str], timeout_s: float) -> grpc.Future:
+        request = text_encoder_pb2.EmbedTextsRequest(texts=list(items))
+        return self._stub.EmbedTexts.future(request, timeout=timeout_s)
+
+    def _unpack(self, reply: text_encoder_pb2.EmbedTextsResponse) -> tuple[Sequence[Embedding], str, int]:
+        return [result.embedding for result in reply.results], reply.model_id, reply.embedding_dim

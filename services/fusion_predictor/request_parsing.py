@@ -1,0 +1,133 @@
+"""Validation of PredictQuality requests into plain Python values.
+
+Every error is an InvalidArgumentError whose message starts with the request field it is about,
+for example `requests[3].content.attributes['price']`, so a client can find the bad value.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from features.schema import FeatureSchema
+from pq.v1 import quality_predictor_pb2 as predictor_pb2
+from services.common.errors import InvalidArgumentError
+
+AttributeScalar = float | str
+
+
+@dataclass(frozen=True)
+class ParsedRequest:
+    """One validated request; `None` means the request did not give that value."""
+
+    field_path: str  # "request" for PredictQuality, "requests[i]" for PredictQualityBatch
+    product_id: str | None
+    image: bytes | None
+    title: str | None
+    description: str | None
+    attributes: dict[str, AttributeScalar] = field(default_factory=dict)
+
+    @property
+    def has_content(self) -> bool:
+        """True when the request gives at least one inline value."""
+        return self.image is not None or self.title is not None or bool(self.attributes)
+
+
+def parse_request(
+    request: predictor_pb2.PredictQualityRequest, schema: FeatureSchema, field_path: str = "request"
+) -> ParsedRequest:
+    """Validate one request against the model's feature schema; raise InvalidArgumentError."""
+    product_id = request.product_id or None
+    if request.HasField("content"):
+        content = request.content
+        image = bytes(content.image) if content.image else None
+        title = _parse_title(content, field_path)
+        description = content.description if content.HasField("description") else None
+        attributes = _parse_attributes(content, schema, field_path)
+    else:
+        image, title, description, attributes = None, None, None, {}
+
+    if description is not None and title is None:
+        # The store keeps only the text embedding, not the stored title, so a description alone
+        # cannot be combined into the "title\ndescription" text the model was trained on.
+        raise InvalidArgumentError(
+            f"{field_path}.content.description is given without content.title; the text embedding "
+            "is computed from title and description together, so send the title as well"
+        )
+
+    parsed = ParsedRequest(field_path, product_id, image, title, description, attributes)
+    if product_id is None and not parsed.has_content:
+        raise InvalidArgumentError(
+            f"{field_path} is empty: set product_id to score a stored product, or content "
+            "(image, title, attributes) to score inline content"
+        )
+    return parsed
+
+
+def parse_batch(
+    request: predictor_pb2.PredictQualityBatchRequest, schema: FeatureSchema, max_batch_size: int
+) -> list[ParsedRequest]:
+    """Validate a batch request and each of its requests; errors name the index `requests[i]`."""
+    count = len(request.requests)
+    if count == 0:
+        raise InvalidArgumentError("requests is empty; send at least one PredictQualityRequest")
+    if count > max_batch_size:
+        raise InvalidArgumentError(
+            f"requests contains {count} requests, more than this server's maximum batch size "
+            f"{max_batch_size}; split the batch into smaller calls"
+        )
+    return [parse_request(item, schema, f"requests[{index}]") for index, item in enumerate(request.requests)]
+
+
+def _parse_title(content: predictor_pb2.ProductContent, field_path: str) -> str | None:
+    if not content.HasField("title"):
+        return None
+    if not content.title.strip():
+        raise InvalidArgumentError(
+            f"{field_path}.content.title is empty or only white space; leave it unset when there is no title"
+        )
+    return content.title
+
+
+def _parse_attributes(
+    content: predictor_pb2.ProductContent, schema: FeatureSchema, field_path: str
+) -> dict[str, AttributeScalar]:
+    numeric = set(schema.numeric_attributes)
+    categorical = set(schema.categorical_attributes)
+    unknown = sorted(name for name in content.attributes if name not in numeric and name not in categorical)
+    if unknown:
+        known = ", ".join(repr(name) for name in [*schema.numeric_attributes, *schema.categorical_attributes])
+        raise InvalidArgumentError(
+            f"{field_path}.content.attributes has unknown attribute names "
+            f"{', '.join(repr(name) for name in unknown)}; the model's attributes are {known}"
+        )
+
+    attributes: dict[str, AttributeScalar] = {}
+    for name in sorted(content.attributes):
+        value = content.attributes[name]
+        location = f"{field_path}.content.attributes[{name!r}]"
+        kind = value.WhichOneof("kind")
+        if kind is None:
+            raise InvalidArgumentError(f"{location} has neither number_value nor string_value set")
+        if name in numeric:
+            if kind != "number_value":
+                raise InvalidArgumentError(
+                    f"{location} is numeric but string_value {value.string_value!r} was given; "
+                    "send number_value"
+                )
+            if not math.isfinite(value.number_value):
+                raise InvalidArgumentError(
+                    f"{location} is {value.number_value}, but numbers must be finite; "
+                    "leave the attribute out when it is unknown"
+                )
+            attributes[name] = float(value.number_value)
+        else:
+            if kind != "string_value":
+                raise InvalidArgumentError(
+                    f"{location} is categorical but number_value {value.number_value!r} was given; "
+                    "send string_value"
+                )
+            attributes[name] = value.string_value
+    return attributes
+

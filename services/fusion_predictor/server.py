@@ -1,0 +1,192 @@
+"""The fusion predictor's gRPC server: model loading, store and encoder wiring, start and stop."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from features.config import FeatureStoreSettings
+from features.errors import FeatureStoreError
+from features.online import EmbeddingWriter, OnlineFeatureReader, open_reader
+from features.schema import FeatureSchema
+from fusion.checkpoint import CheckpointError
+from fusion.inference import FusionPredictor
+from pq.v1 import quality_predictor_pb2_grpc as predictor_grpc
+from services.common.server import ServiceServer, build_server, configure_logging, run_until_signalled
+from services.common.settings import SettingsError
+from services.fusion_predictor.encoder_clients import ImageEncoderClient, TextEncoderClient
+from services.fusion_predictor.servicer import SERVICE_NAME, EncoderClients, QualityPredictorServicer
+from services.fusion_predictor.settings import PredictorSettings
+from services.fusion_predictor.write_back import EmbeddingWriteBack
+
+logger = logging.getLogger(__name__)
+
+
+def load_predictor(settings: PredictorSettings) -> FusionPredictor:
+    """Load the checkpoint named by PQ_PREDICTOR_MODEL_PATH; raise SettingsError naming the variable."""
+    model_path = settings.require_model_path()
+    try:
+        return FusionPredictor.from_checkpoint(model_path, device=settings.device)
+    except (CheckpointError, ValueError, OSError) as error:
+        raise SettingsError(
+            f"{settings.env_name('model_path')}={str(model_path)!r} cannot be loaded: {error}"
+        ) from error
+
+
+def feature_schema_of(predictor: FusionPredictor) -> FeatureSchema:
+    """Return the checkpoint's feature schema after checking it against the model's own inputs."""
+    try:
+        schema = FeatureSchema.from_dict(predictor.feature_schema)
+    except (FeatureStoreError, TypeError) as error:
+        raise SettingsError(
+            f"the feature schema of model {predictor.model_version} is invalid: {error}"
+        ) from error
+
+    problems = []
+    if schema.image_model_id != predictor.image_model_id or schema.text_model_id != predictor.text_model_id:
+        problems.append(
+            f"the schema's encoder model ids ({schema.image_model_id!r}, {schema.text_model_id!r}) differ "
+            f"from the checkpoint's ({predictor.image_model_id!r}, {predictor.text_model_id!r})"
+        )
+    if (schema.image_embedding_dim, schema.text_embedding_dim) != (predictor.image_dim, predictor.text_dim):
+        problems.append(
+            f"the schema's embedding sizes ({schema.image_embedding_dim}, {schema.text_embedding_dim}) "
+            f"differ from the model's ({predictor.image_dim}, {predictor.text_dim})"
+        )
+    if sorted(schema.attribute_names) != sorted(predictor.attribute_columns):
+        problems.append(
+            f"the schema's attributes {schema.attribute_names} differ from the model's "
+            f"{predictor.attribute_columns}"
+        )
+    if problems:
+        raise SettingsError(f"checkpoint {predictor.model_version} is inconsistent: " + "; ".join(problems))
+    return schema
+
+
+def create_server(
+    address: str,
+    settings: PredictorSettings | None = None,
+    *,
+    predictor: FusionPredictor | None = None,
+    reader: OnlineFeatureReader | None = None,
+    writer: EmbeddingWriter | None = None,
+    store_settings: FeatureStoreSettings | None = None,
+) -> tuple[ServiceServer, int]:
+    """Build an unstarted predictor server bound to `address` ("host:port"; port 0 picks one).
+
+    `settings` default to the PQ_PREDICTOR_* environment and `store_settings` to the PQ_* one.
+    `predictor` defaults to the checkpoint at settings.model_path, `reader` to the online store's
+    reader, and `writer` to an EmbeddingWriter on the same store when settings.write_back is true.
+    With write_back false no embedding is written, even when `writer` is given. The server closes
+    the encoder channels and the reader and writer it opened when it stops. Call `start()` on it.
+    """
+    settings = settings if settings is not None else PredictorSettings.from_env()
+    predictor = predictor if predictor is not None else load_predictor(settings)
+    schema = feature_schema_of(predictor)
+
+    owned: list[OnlineFeatureReader | EmbeddingWriter] = []
+    if reader is None:
+        store_settings = store_settings or FeatureStoreSettings.from_env()
+        reader = open_reader(store_settings, schema)
+        owned.append(reader)
+    if writer is None and settings.write_back:
+        store_settings = store_settings or FeatureStoreSettings.from_env()
+        writer = EmbeddingWriter(store_settings, schema)
+        owned.append(writer)
+
+    encoders = EncoderClients(
+        image=(
+            ImageEncoderClient(
+                settings.image_encoder_address,
+                expected_model_id=schema.image_model_id,
+                expected_dim=schema.image_embedding_dim,
+                timeout_s=settings.encoder_timeout_s,
+                max_items_per_call=settings.encoder_batch_size,
+                max_message_bytes=settings.max_message_bytes,
+            )
+            if settings.image_encoder_address
+            else None
+        ),
+        text=(
+            TextEncoderClient(
+                settings.text_encoder_address,
+                expected_model_id=schema.text_model_id,
+                expected_dim=schema.text_embedding_dim,
+                timeout_s=settings.encoder_timeout_s,
+                max_items_per_call=settings.encoder_batch_size,
+                max_message_bytes=settings.max_message_bytes,
+            )
+            if settings.text_encoder_address
+            else None
+        ),
+    )
+    servicer = QualityPredictorServicer(
+        predictor,
+        schema,
+        reader=reader,
+        write_back=EmbeddingWriteBack(writer) if writer is not None and settings.write_back else None,
+        encoders=encoders,
+        max_batch_size=settings.max_batch_size,
+    )
+
+    def register(server: grpc.Server) -> list[str]:
+        predictor_grpc.add_QualityPredictorServiceServicer_to_server(servicer, server)
+        return [SERVICE_NAME]
+
+    def close_connections() -> None:
+        for client in (encoders.image, encoders.text):
+            if client is not None:
+                client.close()
+        for resource in owned:
+            resource.close()
+
+    service = build_server(
+        address,
+        register,
+        max_workers=settings.max_workers,
+        max_message_bytes=settings.max_message_bytes,
+        on_stop=close_connections,
+    )
+    return service, service.port
+
+
+def describe(predictor: FusionPredictor, settings: PredictorSettings, store: FeatureStoreSettings) -> str:
+    """Name the service, its model, its store and its encoders for log lines."""
+    return (
+        f"fusion predictor (model {predictor.model_version}, label {predictor.label_name!r}, "
+        f"{store.online_store} store project {store.feast_project!r}, "
+        f"image encoder {settings.image_encoder_address or 'none'}, "
+        f"text encoder {settings.text_encoder_address or 'none'}, "
+        f"write-back {'on' if settings.write_back else 'off'})"
+    )
+
+
+def serve() -> None:
+    """Run the predictor configured by PQ_PREDICTOR_* and PQ_* until SIGTERM or SIGINT.
+
+    Exits with status 2 on invalid settings or an unusable checkpoint, and 1 when the store cannot
+    be opened or the address cannot be bound, after logging why.
+    """
+    try:
+        settings = PredictorSettings.from_env()
+        store_settings = FeatureStoreSettings.from_env()
+    except SettingsError as error:
+        configure_logging("INFO")
+        logger.error("fusion predictor not started: %s", error)
+        raise SystemExit(2) from None
+    configure_logging(settings.log_level)
+
+    try:
+        predictor = load_predictor(settings)
+        service, _port = create_server(
+            settings.address, settings, predictor=predictor, store_settings=store_settings
+        )
+    except SettingsError as error:
+        logger.error("fusion predictor not started: %s", error)
+        raise SystemExit(2) from None
+    except (FeatureStoreError, OSError) as error:
+        logger.error("fusion predictor not started on %s: %s", settings.address, error)
+        raise SystemExit(1) from None
+
+    run_until_signalled(service, describe(predictor, settings, store_settings), settings.grace_period_s)

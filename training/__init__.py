@@ -1,0 +1,1 @@
+"""Training side: dataset specs and catalogues, embedding, fusion training and evaluation."""

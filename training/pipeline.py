@@ -1,0 +1,235 @@
+"""The main job: catalogue -> embeddings -> Feast features -> fusion model -> served predictions.
+
+Run it with `python -m training.pipeline` (or `./run.sh`). With no options it generates a small
+sample catalogue and uses the embedded SQLite online store; `--catalogue DIR --online-store redis`
+runs the same stages on a real catalogue with Redis. See `--help`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import sys
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from training.catalogue import Catalogue, load_catalogue
+from training.report import JobReport, write_report
+from training.spec import builtin_spec_names, load_spec
+from training.stages import (
+    EmbeddedCatalogue,
+    compute_embeddings,
+    predict_in_process,
+    publish_features,
+    score_through_services,
+    train_and_save,
+)
+from training.timing import StageTimer
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_PRODUCTS = 400
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """Options of one main-job run; see `build_parser` for what each sets."""
+
+    catalogue: Path | None
+    spec: str | None
+    limit: int | None
+    online_store: str
+    redis_connection_string: str
+    feast_project: str | None
+    runs_dir: Path
+    run_name: str | None
+    image_backbone: str
+    text_backbone: str
+    device: str
+    seed: int
+    epochs: int
+    inline_products: int
+    progress: bool | None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.pipeline",
+        description=(
+            "Build a catalogue's features, train a fusion model, serve it with the three gRPC "
+            "services and score held-out products through the predictor."
+        ),
+    )
+    parser.add_argument(
+        "--catalogue", type=Path, default=None,
+        help="catalogue folder with products.csv and images/ (default: generate a sample catalogue)",
+    )
+    parser.add_argument(
+        "--spec", default=None,
+        help=f"dataset spec: a built-in name ({', '.join(builtin_spec_names())}) or a YAML path "
+        "(default: the built-in spec named like the catalogue folder, or 'sample')",
+    )
+    parser.add_argument("--limit", type=int, default=None, help="use a random subset of this many products")
+    parser.add_argument(
+        "--online-store", choices=["sqlite", "redis"], default="sqlite",
+        help="Feast online store (default: sqlite, embedded, no server)",
+    )
+    parser.add_argument(
+        "--redis", dest="redis_connection_string", default="127.0.0.1:6379",
+        help="Redis address in Feast's format host:port[,db=N,password=...] (default: 127.0.0.1:6379)",
+    )
+    parser.add_argument(
+        "--feast-project", default=None,
+        help="Feast project name, which scopes the Redis keys (default: pq_<dataset name>)",
+    )
+    parser.add_argument("--runs-dir", type=Path, default=REPO_ROOT / "runs", help="parent folder of run folders")
+    parser.add_argument("--run-name", default=None, help="run folder name (default: <dataset>-<UTC time>)")
+    parser.add_argument("--image-backbone", default="efficientnet_lite0", help="image encoder backbone")
+    parser.add_argument("--text-backbone", default="all-minilm-l6-v2", help="text encoder backbone")
+    parser.add_argument("--device", default="auto", help="torch device: auto (CUDA when present), cpu, cuda")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split, the sample and training")
+    parser.add_argument("--epochs", type=int, default=200, help="maximum training epochs (early stopping)")
+    parser.add_argument(
+        "--inline-products", type=int, default=8,
+        help="held-out products also scored by inline content, through the encoder services (default: 8)",
+    )
+    parser.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None,
+                        help="hide progress bars")
+    return parser
+
+
+def parse_options(argv: list[str] | None = None) -> JobOptions:
+    args = build_parser().parse_args(argv)
+    if args.limit is not None and args.limit < 20:
+        build_parser().error(f"--limit must be at least 20 products to split train/validation/test, got {args.limit}")
+    if args.inline_products < 0:
+        build_parser().error(f"--inline-products must not be negative, got {args.inline_products}")
+    return JobOptions(**vars(args))
+
+
+def _resolve_spec_name(options: JobOptions) -> str:
+    if options.spec is not None:
+        return options.spec
+    if options.catalogue is None:
+        return "sample"
+    folder_name = options.catalogue.resolve().name
+    if folder_name in builtin_spec_names():
+        return folder_name
+    raise SystemExit(
+        f"no built-in spec is named {folder_name!r} after the catalogue folder; pass --spec with a "
+        f"built-in name ({', '.join(builtin_spec_names())}) or the path of a spec YAML"
+    )
+
+
+def prepare_catalogue(options: JobOptions, run_dir: Path) -> Catalogue:
+    """Load the given catalogue, or generate the sample catalogue into the run folder."""
+    spec = load_spec(_resolve_spec_name(options))
+    if options.catalogue is None:
+        from training.sample import generate_sample_catalogue
+
+        root = generate_sample_catalogue(run_dir / "catalogue", n_products=SAMPLE_PRODUCTS, seed=options.seed)
+    else:
+        root = options.catalogue
+    return load_catalogue(root, spec, limit=options.limit, seed=options.seed)
+
+
+def run_job(options: JobOptions) -> JobReport:
+    """Run every stage and return the report (also written into the run folder)."""
+    timer = StageTimer()
+    started_at = datetime.now(UTC)
+
+    with timer.stage("catalogue"):
+        spec_name = _resolve_spec_name(options)
+        run_name = options.run_name or f"{spec_name}-{started_at:%Y%m%dT%H%M%S}"
+        run_dir = (options.runs_dir / run_name).resolve()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        catalogue = prepare_catalogue(options, run_dir)
+        split = catalogue.split(seed=options.seed)
+        logger.info(
+            "catalogue %s: %d products (%d without an image), split %d/%d/%d",
+            catalogue.spec.name, len(catalogue), catalogue.missing_image_count,
+            len(split.train), len(split.validation), len(split.test),
+        )
+
+    with timer.stage("embed"):
+        embedded: EmbeddedCatalogue = compute_embeddings(
+            catalogue,
+            image_backbone=options.image_backbone,
+            text_backbone=options.text_backbone,
+            device=options.device,
+            progress=options.progress,
+        )
+        gc.collect()
+
+    feast_project = options.feast_project or f"pq_{catalogue.spec.name}"
+    with timer.stage("features"):
+        store_settings = publish_features(
+            embedded,
+            feature_data_dir=run_dir / "features",
+            online_store=options.online_store,
+            redis_connection_string=options.redis_connection_string,
+            feast_project=feast_project,
+            event_time=started_at,
+        )
+
+    with timer.stage("train"):
+        trained = train_and_save(
+            embedded,
+            split,
+            checkpoint_dir=run_dir / "model",
+            model_version=run_name,
+            seed=options.seed,
+            epochs=options.epochs,
+            device=options.device,
+        )
+
+    with timer.stage("evaluate"):
+        reference = predict_in_process(trained.checkpoint_dir, embedded, split.test, device=options.device)
+
+    with timer.stage("serve_and_score"):
+        served = score_through_services(
+            trained.checkpoint_dir,
+            embedded,
+            split.test,
+            store_settings=store_settings,
+            log_dir=run_dir / "logs",
+            device=options.device,
+            inline_products=options.inline_products,
+        )
+
+    report = JobReport.build(
+        run_dir=run_dir,
+        options={key: str(value) for key, value in asdict(options).items()},
+        catalogue=catalogue,
+        split_sizes={"train": len(split.train), "validation": len(split.validation), "test": len(split.test)},
+        labels=catalogue.labels[split.test],
+        reference=reference,
+        served=served,
+        history=trained.history,
+        stage_seconds=timer.seconds,
+        model_version=run_name,
+        feast_project=feast_project,
+        online_store=options.online_store,
+        image_model_id=embedded.image_model_id,
+        text_model_id=embedded.text_model_id,
+    )
+    write_report(report)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    options = parse_options(argv)
+    report = run_job(options)
+    sys.stdout.write(report.console_summary() + "\n")
+    return 0 if report.served_matches_reference else 1
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=4, suppress=True)
+    raise SystemExit(main())

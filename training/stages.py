@@ -1,0 +1,331 @@
+"""The stages of the main job, each a function that the pipeline calls in order."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from features.config import FeatureStoreSettings
+from features.materialize import apply_and_materialize
+from features.offline import write_offline_features
+from features.schema import FeatureSchema
+from fusion.attributes import AttributeEncoder
+from fusion.batch import FusionBatch
+from fusion.checkpoint import CheckpointMetadata, save_checkpoint
+from fusion.inference import FusionInputs, FusionPredictions, FusionPredictor
+from fusion.labels import LabelScaling
+from fusion.model import ConcatFusionModel, FusionConfig
+from pq.v1 import quality_predictor_pb2 as predictor_pb2
+from training.catalogue import Catalogue, DatasetSplit
+from training.embed import embed_images, embed_texts
+from training.metrics import classification_metrics, regression_metrics
+from training.scoring import ScoredProducts, attribute_values, score_by_id, score_inline
+from training.stack import start_stack, stop_stack
+from training.train import LabelledSplit, TrainConfig, TrainingHistory, train_fusion
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EmbeddedCatalogue:
+    """A catalogue with every product's embeddings and attribute rows, in catalogue order."""
+
+    catalogue: Catalogue
+    image_vectors: np.ndarray  # (N, Di) float32, zeros where image_present is False
+    image_present: np.ndarray  # (N,) bool
+    text_vectors: np.ndarray  # (N, Dt) float32, zeros where text_present is False
+    text_present: np.ndarray  # (N,) bool
+    attribute_rows: list[dict[str, float | str | None]]
+    image_model_id: str
+    text_model_id: str
+
+    def fusion_inputs(self, positions: np.ndarray) -> FusionInputs:
+        """Return the model inputs of the products at `positions`, built as the predictor builds them."""
+        images = [self.image_vectors[i] if self.image_present[i] else None for i in positions]
+        texts = [self.text_vectors[i] if self.text_present[i] else None for i in positions]
+        return FusionInputs.from_optional(
+            images,
+            texts,
+            [self.attribute_rows[i] for i in positions],
+            image_dim=self.image_vectors.shape[1],
+            text_dim=self.text_vectors.shape[1],
+        )
+
+
+@dataclass
+class TrainedModel:
+    """The saved checkpoint of a run and its training history."""
+
+    checkpoint_dir: Path
+    history: TrainingHistory
+    validation_metrics: dict[str, float]
+
+
+@dataclass
+class ServedScores:
+    """Predictions returned by the predictor service for the test products."""
+
+    by_id: ScoredProducts
+    inline: ScoredProducts | None
+    inline_positions: list[int]  # positions in the test split of the products scored inline
+    exit_statuses: dict[str, int | None]
+
+
+def compute_embeddings(
+    catalogue: Catalogue,
+    *,
+    image_backbone: str,
+    text_backbone: str,
+    device: str,
+    progress: bool | None,
+) -> EmbeddedCatalogue:
+    """Embed every image and text of the catalogue in batches with in-process encoders."""
+    from encoders.image import load_image_encoder
+    from encoders.text import load_text_encoder
+
+    image_encoder = load_image_encoder(image_backbone, device=device)
+    image_vectors, image_present = embed_images(catalogue, image_encoder, progress=progress)
+    image_model_id = image_encoder.model_id
+    del image_encoder
+
+    text_encoder = load_text_encoder(text_backbone, device=device)
+    text_present = np.array([bool(text.strip()) for text in catalogue.texts()], dtype=bool)
+    text_embeddings = embed_texts(catalogue, text_encoder, progress=progress)
+    text_model_id = text_encoder.model_id
+    del text_encoder
+
+    logger.info(
+        "embedded %d images with %s (%d missing) and %d texts with %s (%d truncated)",
+        int(image_present.sum()), image_model_id, int((~image_present).sum()),
+        int(text_present.sum()), text_model_id, int(text_embeddings.truncated.sum()),
+    )
+    text_vectors = np.where(text_present[:, None], text_embeddings.vectors, 0.0).astype(np.float32)
+    return EmbeddedCatalogue(
+        catalogue=catalogue,
+        image_vectors=image_vectors,
+        image_present=image_present,
+        text_vectors=text_vectors,
+        text_present=text_present,
+        attribute_rows=catalogue.attribute_rows(),
+        image_model_id=image_model_id,
+        text_model_id=text_model_id,
+    )
+
+
+def feature_schema(embedded: EmbeddedCatalogue) -> FeatureSchema:
+    """Return the feature schema of the catalogue's attributes and encoders."""
+    spec = embedded.catalogue.spec
+    return FeatureSchema(
+        numeric_attributes=list(spec.numeric_columns),
+        categorical_attributes=list(spec.categorical_columns),
+        image_model_id=embedded.image_model_id,
+        text_model_id=embedded.text_model_id,
+        image_embedding_dim=int(embedded.image_vectors.shape[1]),
+        text_embedding_dim=int(embedded.text_vectors.shape[1]),
+    )
+
+
+def publish_features(
+    embedded: EmbeddedCatalogue,
+    *,
+    feature_data_dir: Path,
+    online_store: str,
+    redis_connection_string: str,
+    feast_project: str,
+    event_time: datetime,
+) -> FeatureStoreSettings:
+    """Write the offline parquet sources, apply the Feast definitions and materialize them online."""
+    settings = FeatureStoreSettings.from_env(
+        online_store=online_store,
+        redis_connection_string=redis_connection_string,
+        feast_project=feast_project,
+        feature_data_dir=feature_data_dir,
+    )
+    schema = feature_schema(embedded)
+    catalogue = embedded.catalogue
+    images = [v if ok else None for v, ok in zip(embedded.image_vectors, embedded.image_present, strict=True)]
+    texts = [v if ok else None for v, ok in zip(embedded.text_vectors, embedded.text_present, strict=True)]
+    write_offline_features(
+        settings.feature_data_dir,
+        schema,
+        catalogue.product_ids,
+        catalogue.attributes(),
+        images,
+        texts,
+        event_time,
+    )
+    schema.save(settings.schema_path)
+    apply_and_materialize(settings, schema)
+    return settings
+
+
+def train_and_save(
+    embedded: EmbeddedCatalogue,
+    split: DatasetSplit,
+    *,
+    checkpoint_dir: Path,
+    model_version: str,
+    seed: int,
+    epochs: int,
+    device: str,
+) -> TrainedModel:
+    """Fit the attribute encoder and the fusion model on the training split and save the checkpoint."""
+    catalogue = embedded.catalogue
+    spec = catalogue.spec
+    labels = catalogue.labels
+
+    # Step 1: attribute encoding statistics and vocabularies come from the training rows only.
+    attribute_encoder = AttributeEncoder(
+        numeric=list(spec.numeric_columns),
+        categorical=list(spec.categorical_columns),
+        log_scale=list(spec.log_scale_columns),
+    ).fit(catalogue.attributes().iloc[split.train])
+
+    # Step 2: model inputs for every product, built exactly as the predictor builds them at serving.
+    all_positions = np.arange(len(catalogue))
+    inputs = embedded.fusion_inputs(all_positions)
+    batch = FusionBatch.from_numpy(
+        inputs.image, inputs.text, attribute_encoder.transform(inputs.attributes), inputs.present
+    )
+
+    # Step 3: targets, standardised with training statistics for regression.
+    scaling = LabelScaling.fit(spec.task, labels[split.train])
+    targets = torch.from_numpy(scaling.to_model_targets(labels).astype(np.float32))  # (N,)
+
+    def labelled(positions: np.ndarray) -> LabelledSplit:
+        index = torch.from_numpy(positions)
+        return LabelledSplit(features=batch.select(index), targets=targets[index])
+
+    # Step 4: train with early stopping on the validation loss.
+    model_config = FusionConfig(
+        image_dim=int(inputs.image.shape[1]),
+        text_dim=int(inputs.text.shape[1]),
+        numeric_dim=attribute_encoder.numeric_dim,
+        categorical_cardinalities=attribute_encoder.categorical_cardinalities,
+        task=spec.task,
+    )
+    train_config = TrainConfig(epochs=epochs, seed=seed, device=device)
+    model, history = train_fusion(labelled(split.train), labelled(split.validation), model_config, train_config)
+    logger.info(
+        "trained %d epochs, best epoch %d with validation loss %.4f",
+        history.epochs_run, history.best_epoch + 1, history.best_validation_loss,
+    )
+
+    # Step 5: validation metrics in label units, recorded in the checkpoint.
+    model = model.to("cpu").eval()
+    validation_metrics = _metrics(
+        spec.task, labels[split.validation], _predict_quality(model, batch, split.validation, scaling)
+    )
+
+    # Step 6: save weights, config, feature schema, encoder ids and metrics together.
+    save_checkpoint(
+        checkpoint_dir,
+        model,
+        attribute_encoder,
+        CheckpointMetadata(
+            model_version=model_version,
+            label_name=spec.label_column,
+            label_scaling=scaling,
+            feature_schema=feature_schema(embedded).to_dict(),
+            image_model_id=embedded.image_model_id,
+            text_model_id=embedded.text_model_id,
+            class_labels=["0", "1"] if spec.task == "binary" else [],
+            metrics={"validation": validation_metrics},
+            training_config={**train_config.to_dict(), "epochs_run": history.epochs_run},
+            seed=seed,
+        ),
+        overwrite=True,
+    )
+    return TrainedModel(checkpoint_dir=checkpoint_dir, history=history, validation_metrics=validation_metrics)
+
+
+@torch.inference_mode()
+def _predict_quality(
+    model: ConcatFusionModel, batch: FusionBatch, positions: np.ndarray, scaling: LabelScaling
+) -> np.ndarray:
+    outputs = batch.select(torch.from_numpy(positions)).run(model)  # (B,) standardised labels or logits
+    return scaling.to_label_units(outputs.double().cpu().numpy())
+
+
+def _metrics(task: str, labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+    if task == "binary":
+        return classification_metrics(labels, predictions)
+    return regression_metrics(labels, predictions)
+
+
+def evaluation_metrics(task: str, labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+    """Return the task's metrics (regression or classification) of predictions in label units."""
+    return _metrics(task, labels, predictions)
+
+
+def predict_in_process(
+    checkpoint_dir: Path, embedded: EmbeddedCatalogue, positions: np.ndarray, *, device: str
+) -> FusionPredictions:
+    """Predict the products at `positions` with the saved checkpoint, in this process."""
+    predictor = FusionPredictor.from_checkpoint(checkpoint_dir, device=device)
+    return predictor.predict(embedded.fusion_inputs(positions))
+
+
+def inline_content(embedded: EmbeddedCatalogue, position: int) -> predictor_pb2.ProductContent:
+    """Return a product's image file, title, description and attributes as inline request content."""
+    catalogue = embedded.catalogue
+    product_id = catalogue.product_ids[position]
+    title, _, description = catalogue.text(product_id).partition("\n")
+    content = predictor_pb2.ProductContent(title=title, description=description)
+    if description == "":
+        content.ClearField("description")
+    image_path = catalogue.image_path(product_id)
+    if image_path is not None and embedded.image_present[position]:
+        content.image = image_path.read_bytes()
+    for name, value in attribute_values(embedded.attribute_rows[position]).items():
+        content.attributes[name].CopyFrom(value)
+    return content
+
+
+def score_through_services(
+    checkpoint_dir: Path,
+    embedded: EmbeddedCatalogue,
+    test_positions: np.ndarray,
+    *,
+    store_settings: FeatureStoreSettings,
+    log_dir: Path,
+    device: str,
+    inline_products: int,
+) -> ServedScores:
+    """Start the three services, score the test products through the predictor, then stop them.
+
+    Every test product is scored by product id (features from the online store); the first
+    `inline_products` of them are also scored by inline content only, so the predictor calls the
+    encoder services.
+    """
+    environment = {
+        "PQ_PREDICTOR_MODEL_PATH": str(checkpoint_dir),
+        "PQ_ONLINE_STORE": store_settings.online_store,
+        "PQ_REDIS_CONNECTION_STRING": store_settings.redis_connection_string,
+        "PQ_FEAST_PROJECT": store_settings.feast_project,
+        "PQ_FEATURE_DATA_DIR": str(store_settings.feature_data_dir),
+        "PQ_IMAGE_ENCODER_DEVICE": device,
+        "PQ_TEXT_ENCODER_DEVICE": device,
+        "PQ_PREDICTOR_DEVICE": device,
+        # Inline scoring must not overwrite the stored embeddings that the id-based scores read.
+        "PQ_PREDICTOR_WRITE_BACK": "false",
+    }
+    product_ids = embedded.catalogue.product_ids
+    test_ids = [product_ids[i] for i in test_positions]
+    inline_positions = list(range(min(inline_products, len(test_positions))))
+
+    stack = start_stack(log_dir, environment)
+    try:
+        by_id = score_by_id(stack.predictor.address, test_ids)
+        inline = None
+        if inline_positions:
+            contents = [inline_content(embedded, int(test_positions[i])) for i in inline_positions]
+            inline = score_inline(stack.predictor.address, contents)
+    finally:
+        exit_statuses = stop_stack(stack)
+    return ServedScores(by_id=by_id, inline=inline, inline_positions=inline_positions, exit_statuses=exit_statuses)

@@ -1,0 +1,254 @@
+"""Training loop of the fusion model, with early stopping on the validation loss."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fusion.batch import FusionBatch
+from fusion.device import resolve_device
+from fusion.model import ConcatFusionModel, FusionConfig, Task
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings of `train_fusion`."""
+
+    epochs: int = 100  # maximum number of passes over the training split
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-2  # AdamW decoupled weight decay, applied to Linear weights only
+    patience: int = 10  # epochs without a validation-loss improvement before training stops
+    min_delta: float = 0.0  # smallest decrease of the validation loss that counts as an improvement
+    grad_clip: float | None = 1.0  # maximum gradient L2 norm; None disables clipping
+    seed: int = 0
+    device: str = "auto"  # "auto" (CUDA when available), "cpu" or "cuda[:N]"
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "patience"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be at least 1, got {getattr(self, name)}.")
+        if self.learning_rate <= 0:
+            raise ValueError(f"TrainConfig.learning_rate must be positive, got {self.learning_rate}.")
+        if self.weight_decay < 0 or self.min_delta < 0:
+            raise ValueError(
+                f"TrainConfig.weight_decay and min_delta must not be negative, got {self.weight_decay} "
+                f"and {self.min_delta}."
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LabelledSplit:
+    """Model inputs with their training targets, for one split."""
+
+    features: FusionBatch
+    targets: torch.Tensor  # (N,) float32: standardised labels for regression, 0 or 1 for binary
+    weights: torch.Tensor | None = None  # (N,) float32 non-negative sample weights; None means all 1
+
+    def __post_init__(self) -> None:
+        n = len(self.features)
+        if n == 0:
+            raise ValueError("A training or validation split has no rows.")
+        if tuple(self.targets.shape) != (n,):
+            raise ValueError(f"Targets have shape {tuple(self.targets.shape)}, expected ({n},).")
+        if not torch.isfinite(self.targets).all():
+            raise ValueError("Targets contain NaN or infinite values. Drop those rows before training.")
+        if self.weights is not None:
+            if tuple(self.weights.shape) != (n,):
+                raise ValueError(f"Sample weights have shape {tuple(self.weights.shape)}, expected ({n},).")
+            if not torch.isfinite(self.weights).all() or (self.weights < 0).any():
+                raise ValueError("Sample weights must be finite and non-negative.")
+            if self.weights.sum() <= 0:
+                raise ValueError("Sample weights sum to 0, so the loss is undefined.")
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
+@dataclass
+class TrainingHistory:
+    """Per-epoch losses and the epoch whose weights `train_fusion` returned (0-based)."""
+
+    train_loss: list[float] = field(default_factory=list)
+    validation_loss: list[float] = field(default_factory=list)
+    best_epoch: int = -1
+    best_validation_loss: float = float("inf")
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.train_loss)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "epochs_run": self.epochs_run}
+
+
+def train_fusion(
+    train: LabelledSplit,
+    validation: LabelledSplit,
+    model_config: FusionConfig,
+    train_config: TrainConfig,
+) -> tuple[ConcatFusionModel, TrainingHistory]:
+    """Train a ConcatFusionModel and return it with the weights of its best validation epoch.
+
+    The loss is the sample-weighted MSE on standardised labels for regression and the
+    sample-weighted binary cross-entropy on logits for binary classification. The returned model is
+    on the training device, in eval mode.
+    """
+    if model_config.task == "binary":
+        _require_binary_targets(train, "training")
+        _require_binary_targets(validation, "validation")
+    device = resolve_device(train_config.device)
+
+    # Seed every random source, so the same data and configs give the same model on CPU.
+    # NOTE: on CUDA some backward kernels (embedding, index) use atomics and may differ run to run.
+    _seed_everything(train_config.seed)
+    shuffle_generator = torch.Generator().manual_seed(train_config.seed)
+
+    model = ConcatFusionModel(model_config).to(device)
+    optimizer = _build_optimizer(model, train_config)
+    train_features = train.features.to(device)
+    train_targets = train.targets.to(device)
+    train_weights = _weights_or_ones(train).to(device)
+
+    history = TrainingHistory()
+    best_state = copy.deepcopy(model.state_dict())
+    epochs_without_improvement = 0
+    started = time.perf_counter()
+    logger.info(
+        "Training fusion model (%s) on %d products, validating on %d, device %s",
+        model_config.task, len(train), len(validation), device,
+    )
+
+    for epoch in range(train_config.epochs):
+        # 1. One pass over the training split in a fresh random order.
+        model.train()
+        order = torch.randperm(len(train), generator=shuffle_generator).to(device)
+        loss_sum = 0.0
+        weight_sum = 0.0
+        for start in range(0, len(train), train_config.batch_size):
+            index = order[start : start + train_config.batch_size]
+            batch_weights = train_weights[index]  # (b,)
+
+            # 2. Forward pass and weighted loss of the minibatch.
+            outputs = train_features.select(index).run(model)  # (b,)
+            loss = _weighted_loss(model_config.task, outputs, train_targets[index], batch_weights)
+
+            # 3. Backward pass, gradient clipping and optimiser step.
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if train_config.grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)
+            optimizer.step()
+
+            loss_sum += loss.item() * batch_weights.sum().item()
+            weight_sum += batch_weights.sum().item()
+
+        # 4. Validation loss in eval mode (no dropout, no modality dropout).
+        validation_loss = evaluate_loss(model, validation, batch_size=train_config.batch_size)
+        history.train_loss.append(loss_sum / weight_sum)
+        history.validation_loss.append(validation_loss)
+        logger.info(
+            "epoch %d: train loss %.5f, validation loss %.5f", epoch, history.train_loss[-1], validation_loss
+        )
+
+        # 5. Early stopping: keep a copy of the best weights, stop after `patience` epochs without improvement.
+        if validation_loss < history.best_validation_loss - train_config.min_delta:
+            history.best_validation_loss = validation_loss
+            history.best_epoch = epoch
+            best_state = copy.deepcopy(model.state_dict())
+            epochs_without_improvement = 0
+        else:
+            epochs_without_improvement += 1
+            if epochs_without_improvement >= train_config.patience:
+                history.stopped_early = True
+                logger.info(
+                    "Stopping early after epoch %d: no improvement for %d epochs", epoch, train_config.patience
+                )
+                break
+
+    # 6. Restore the weights of the best validation epoch.
+    model.load_state_dict(best_state)
+    model.eval()
+    history.seconds = time.perf_counter() - started
+    logger.info(
+        "Training finished after %d epochs in %.1f s, best epoch %d with validation loss %.5f",
+        history.epochs_run, history.seconds, history.best_epoch, history.best_validation_loss,
+    )
+    return model, history
+
+
+@torch.no_grad()
+def evaluate_loss(model: ConcatFusionModel, split: LabelledSplit, *, batch_size: int = 1024) -> float:
+    """Compute the model's weighted loss on a split in eval mode, then restore the model's previous mode."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    weights = _weights_or_ones(split)
+
+    loss_sum = 0.0
+    for start in range(0, len(split), batch_size):
+        index = torch.arange(start, min(start + batch_size, len(split)))
+        outputs = split.features.select(index).to(device).run(model)  # (b,)
+        batch_weights = weights[index].to(device)
+        loss = _weighted_loss(model.config.task, outputs, split.targets[index].to(device), batch_weights)
+        loss_sum += loss.item() * batch_weights.sum().item()
+
+    model.train(was_training)
+    return loss_sum / weights.sum().item()
+
+
+def _weighted_loss(task: Task, outputs: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Return the weighted mean loss of a minibatch, or 0 when its weights sum to 0."""
+    if task == "binary":
+        per_row = F.binary_cross_entropy_with_logits(outputs, targets, reduction="none")  # (b,)
+    else:
+        per_row = F.mse_loss(outputs, targets, reduction="none")  # (b,)
+    return (per_row * weights).sum() / weights.sum().clamp_min(1e-12)
+
+
+def _build_optimizer(model: ConcatFusionModel, config: TrainConfig) -> torch.optim.AdamW:
+    """Build AdamW with weight decay on Linear weights only.
+
+    Biases, LayerNorm parameters, embeddings and the missing vectors are not decayed, because decay
+    would pull offsets and the learned stand-in vectors toward 0 without limiting the model's capacity.
+    """
+    decayed = {id(module.weight) for module in model.modules() if isinstance(module, nn.Linear)}
+    groups = [
+        {"params": [p for p in model.parameters() if id(p) in decayed], "weight_decay": config.weight_decay},
+        {"params": [p for p in model.parameters() if id(p) not in decayed], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.learning_rate)
+
+
+def _weights_or_ones(split: LabelledSplit) -> torch.Tensor:
+    if split.weights is None:
+        return torch.ones(len(split), dtype=torch.float32)
+    return split.weights.float()
+
+
+def _require_binary_targets(split: LabelledSplit, name: str) -> None:
+    invalid = torch.unique(split.targets[(split.targets != 0) & (split.targets != 1)])
+    if invalid.numel():
+        raise ValueError(f"Binary {name} targets must be 0 or 1, got the values {invalid[:10].tolist()}.")
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
