@@ -14,7 +14,7 @@ from features.schema import SCHEMA_FILE_NAME
 from services.common.settings import EnvSettings
 
 if TYPE_CHECKING:
-    from feast import RepoConfig
+    from feast import FeatureStore, RepoConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_FEATURE_REPO_DIR = REPO_ROOT / "feature_repo"
@@ -31,7 +31,7 @@ _PROJECT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]*$")
 
 
 class FeatureStoreSettings(EnvSettings):
-    """Where the feature store keeps its data and which online store serves it (`PQ_*` variables)."""
+    """Feature store locations and online store choice, read from `PQ_*` variables."""
 
     online_store: Literal["sqlite", "redis"] = "sqlite"
     """Online store: "sqlite" (a file under feature_data_dir, no server) or "redis"."""
@@ -173,3 +173,11 @@ def build_repo_config(settings: FeatureStoreSettings) -> RepoConfig:
         entity_key_serialization_version=ENTITY_KEY_SERIALIZATION_VERSION,
         repo_path=settings.feature_repo_dir,
     )
+
+
+def open_feature_store(settings: FeatureStoreSettings) -> FeatureStore:
+    """Open the Feast FeatureStore described by `settings`, creating feature_data_dir when absent."""
+    from feast import FeatureStore
+
+    settings.feature_data_dir.mkdir(parents=True, exist_ok=True)
+    return FeatureStore(config=build_repo_config(settings))

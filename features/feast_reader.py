@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator, Sequence
 from datetime import timezone
 from typing import TYPE_CHECKING, Any
 
-from features.config import FeatureStoreSettings
+from features.config import FeatureStoreSettings, open_feature_store
 from features.errors import FeatureSchemaError
 from features.redis_client import translate_redis_errors
 from features.schema import (
@@ -36,11 +37,11 @@ def _python_value(value: Any) -> Any:
 class FeastFeatureReader:
     """Read products with `FeatureStore.get_online_features` and the `product_quality` service.
 
-    Works with every online store Feast supports; here SQLite and Redis. It decides whether a view
-    has a row for a product from the row's event time, not from the field status: for an unknown
-    entity Feast 0.67's Redis store reports every field PRESENT with empty values and a zero event
-    time, and its SQLite store reports NOT_FOUND with a zero event time. The SQLite store keeps
-    event times in whole seconds, so its timestamps have no sub-second part.
+    Works with every online store Feast supports, here SQLite and Redis. A view has a row for a
+    product when the row's event time is not zero. The field status cannot tell, because for an
+    unknown entity Feast 0.67's Redis store reports every field PRESENT with empty values (and a
+    zero event time). The SQLite store keeps event times in whole seconds, so its timestamps have
+    no sub-second part.
     """
 
     def __init__(
@@ -52,11 +53,11 @@ class FeastFeatureReader:
     ) -> None:
         from feast.errors import FeatureServiceNotFoundException
 
-        from features.materialize import open_feature_store
-
         self._settings = settings
         self._schema = schema
         self._store = store if store is not None else open_feature_store(settings)
+        # Feast's SQLite store shares one sqlite3 connection between threads, so reads take turns.
+        self._lock = threading.Lock()
         with self._unavailable_errors("loading the feature service"):
             try:
                 self._service = self._store.get_feature_service(FEATURE_SERVICE_NAME)
@@ -93,7 +94,7 @@ class FeastFeatureReader:
         """Return the stored features of each product, in order; unknown products have found False."""
         if not product_ids:
             return []
-        with self._unavailable_errors(f"reading {len(product_ids)} products"):
+        with self._lock, self._unavailable_errors(f"reading {len(product_ids)} products"):
             response = self._store.get_online_features(
                 features=self._service,
                 entity_rows=[{JOIN_KEY: product_id} for product_id in product_ids],

@@ -11,7 +11,7 @@ import logging
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from features.config import FeatureStoreSettings, build_repo_config
+from features.config import FeatureStoreSettings, open_feature_store
 from features.errors import OfflineDataError
 from features.schema import IMAGE_VIEW_PREFIX, TEXT_VIEW_PREFIX, FeatureSchema
 
@@ -60,14 +60,6 @@ def _check_sources(settings: FeatureStoreSettings, schema: FeatureSchema) -> Non
         )
 
 
-def open_feature_store(settings: FeatureStoreSettings) -> FeatureStore:
-    """Open the Feast FeatureStore described by `settings`, creating feature_data_dir when absent."""
-    from feast import FeatureStore
-
-    settings.feature_data_dir.mkdir(parents=True, exist_ok=True)
-    return FeatureStore(config=build_repo_config(settings))
-
-
 def apply_and_materialize(
     settings: FeatureStoreSettings,
     schema: FeatureSchema,
@@ -78,11 +70,10 @@ def apply_and_materialize(
     """Apply the definitions of `schema`, then load offline rows up to `end_date` (default: now).
 
     A full run loads every row with an event time up to `end_date`. An incremental run loads only
-    rows after the end of the previous run of each view; a view that was never materialized gets
-    a full run, because Feast 0.67 would otherwise start 52 weeks before `end_date` for a view
-    without ttl. Running either twice changes nothing the second time: Feast's Redis store skips
-    rows whose event time is not newer than the stored one, and its SQLite store rewrites the
-    same values.
+    rows after the end of the previous run of each view. A view that was never materialized gets
+    a full run, because Feast 0.67 would start 52 weeks before now for a view with ttl 0.
+    Running either twice changes nothing the second time: Feast's Redis store skips rows whose
+    event time is not newer than the stored one, and its SQLite store rewrites the same values.
     """
     _check_sources(settings, schema)
     end = end_date or datetime.now(timezone.utc)

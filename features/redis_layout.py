@@ -28,8 +28,8 @@ from features.config import ENTITY_KEY_SERIALIZATION_VERSION
 _VALUE_TYPE_STRING = 2
 
 # Scalar fields of feast.types.Value (feast/protos/feast/types/Value.proto, Feast 0.67) with
-# their field numbers. List, set, map and the other fields are left out: these features never
-# use them, and a value that holds one decodes as unsupported instead of as a wrong value.
+# their field numbers. List, set, map and the other fields are left out because these features
+# never use them. A value of such a kind decodes as unsupported instead of as a wrong value.
 _SCALAR_VALUE_FIELDS = [
     ("bytes_val", 1, descriptor_pb2.FieldDescriptorProto.TYPE_BYTES),
     ("string_val", 2, descriptor_pb2.FieldDescriptorProto.TYPE_STRING),
@@ -79,14 +79,14 @@ ValueMessage = _build_value_class()
 
 
 class UnsupportedValueError(ValueError):
-    """A stored feast.types.Value holds a kind of value (a list, a map, ...) that these features never use."""
+    """A stored feast.types.Value contains a kind of value (a list, a map, ...) that these features never use."""
 
 
 def entity_key_bytes(product_id: str) -> bytes:
     """Serialize a single string join key `product_id` as Feast's `serialize_entity_key` (version 3).
 
-    Layout: key count, then per key its value type, length and UTF-8 name, then per value its
-    type, length and bytes; all integers are little-endian uint32.
+    Layout: the key count, then per key its value type, length and UTF-8 name, then per value its
+    type, length and bytes. All integers are little-endian uint32.
     """
     if ENTITY_KEY_SERIALIZATION_VERSION != 3:
         raise NotImplementedError("only entity key serialization version 3 is implemented")
@@ -161,11 +161,11 @@ def decode_value(data: bytes | None) -> Any:
     message.ParseFromString(data)
     kind = message.WhichOneof("val")
     if kind is None:
-        # Feast stores a null feature (None or NaN) as an empty Value; a kind unknown to this
-        # subset also leaves the oneof unset but keeps the field as an unknown field.
+        # Feast stores a null feature (None or NaN) as an empty Value. A kind unknown to this
+        # subset also leaves the oneof unset, but its bytes remain as an unknown field.
         if data:
             raise UnsupportedValueError(
-                f"stored feature value of {len(data)} bytes holds a value kind other than the "
+                f"stored feature value of {len(data)} bytes contains a value kind other than the "
                 "scalars this reader supports"
             )
         return None

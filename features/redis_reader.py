@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import redis
 
-from features.config import FeatureStoreSettings
+from features.config import FeatureStoreSettings, parse_redis_connection_string
 from features.redis_client import connect_redis, translate_redis_errors
 from features.redis_layout import (
     UnsupportedValueError,
@@ -46,14 +46,11 @@ class RedisFeatureReader:
     ) -> None:
         self._schema = schema
         self._project = settings.feast_project
+        self._owns_client = client is None
         if client is None:
-            client, address = connect_redis(settings)
-            self._owns_client = True
-        else:
-            address = settings.redis_connection_string
-            self._owns_client = False
+            client, _ = connect_redis(settings)
         self._client = client
-        self._address = address
+        self._address = parse_redis_connection_string(settings.redis_connection_string)
 
         # Hash fields of one product, in order, and for each view the slice of them it owns
         # (its features, then its timestamp).
@@ -77,7 +74,8 @@ class RedisFeatureReader:
         with translate_redis_errors(self._address, f"reading {len(product_ids)} products"):
             with self._client.pipeline(transaction=False) as pipe:
                 for product_id in product_ids:
-                    pipe.hmget(redis_key(self._project, product_id), self._fields)
+                    # redis-py accepts bytes keys and fields, although it annotates them as str.
+                    pipe.hmget(redis_key(self._project, product_id), self._fields)  # type: ignore[arg-type]
                 replies = pipe.execute()
         return [
             self._assemble(product_id, reply) for product_id, reply in zip(product_ids, replies, strict=True)

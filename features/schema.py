@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -43,6 +44,7 @@ _IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _MAX_SLUG_STEM = 40
 
 
+@functools.lru_cache(maxsize=256)
 def model_slug(model_id: str) -> str:
     """Turn an encoder model id into a feature view name suffix.
 

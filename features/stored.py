@@ -1,4 +1,4 @@
-"""What the online store holds for one product, assembled the same way by every reader."""
+"""The stored features of one product, assembled the same way by every reader."""
 
 from __future__ import annotations
 

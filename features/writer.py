@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import redis
 
-from features.config import FeatureStoreSettings
+from features.config import FeatureStoreSettings, open_feature_store
 from features.embedding_bytes import pack_embedding
 from features.redis_client import connect_redis, translate_redis_errors
 from features.redis_layout import encode_timestamp, encode_value, feature_field, redis_key, timestamp_field
@@ -56,15 +57,15 @@ def next_event_times(
 
 
 class EmbeddingWriter:
-    """Store embeddings of one schema's encoders, each with an event time newer than the stored one.
+    """Writer of one schema's embeddings, each stored with an event time newer than the stored one.
 
     With a Redis online store it writes Feast's Redis layout directly in one pipelined round trip
     (like Feast's `online_write_batch`, less its read of the stored event times, which the caller
     passes as `previous`). With SQLite, or with `use_feast_sdk`, it calls
     `FeatureStore.write_to_online_store`.
 
-    NOTE: the direct Redis path overwrites whatever is stored; two writers that read the same
-    `previous` both land and the last one wins, even if its event time is the older one.
+    NOTE: the direct Redis path overwrites whatever is stored. When two writers read the same
+    `previous`, both writes land and the last one wins, even if its event time is the older one.
     """
 
     def __init__(
@@ -82,12 +83,12 @@ class EmbeddingWriter:
         self._store = store
         self._client = client
         self._owns_client = False
+        # Feast's SQLite store shares one sqlite3 connection between threads, so SDK writes take turns.
+        self._feast_lock = threading.Lock()
         if self._direct and client is None:
             self._client, _ = connect_redis(settings)
             self._owns_client = True
         if not self._direct and store is None:
-            from features.materialize import open_feature_store
-
             self._store = open_feature_store(settings)
 
     def write_image_embeddings(
@@ -184,7 +185,8 @@ class EmbeddingWriter:
                         model_id_key: model_id_value,
                         time_key: encode_timestamp(moment),
                     }
-                    pipe.hset(redis_key(project, product_id), mapping=mapping)
+                    # redis-py accepts bytes keys, although it annotates them as str.
+                    pipe.hset(redis_key(project, product_id), mapping=mapping)  # type: ignore[arg-type]
                 pipe.execute()
 
     def _write_feast(
@@ -208,11 +210,12 @@ class EmbeddingWriter:
                 model_id_field: [model_id] * len(product_ids),
             }
         )
-        if self._settings.online_store == "redis":
-            with translate_redis_errors(self._settings.redis_connection_string, f"writing {view_name}"):
+        with self._feast_lock:
+            if self._settings.online_store == "redis":
+                with translate_redis_errors(self._settings.redis_connection_string, f"writing {view_name}"):
+                    self._store.write_to_online_store(view_name, df=frame)
+            else:
                 self._store.write_to_online_store(view_name, df=frame)
-        else:
-            self._store.write_to_online_store(view_name, df=frame)
 
     def close(self) -> None:
         """Close the Redis connection pool if this writer created the client."""

@@ -276,9 +276,12 @@ def inline_content(embedded: EmbeddedCatalogue, position: int) -> predictor_pb2.
     catalogue = embedded.catalogue
     product_id = catalogue.product_ids[position]
     title, _, description = catalogue.text(product_id).partition("\n")
-    content = predictor_pb2.ProductContent(title=title, description=description)
-    if description == "":
-        content.ClearField("description")
+    content = predictor_pb2.ProductContent()
+    # Unset and blank differ in the API: a blank title is invalid, so empty parts stay unset.
+    if title.strip():
+        content.title = title
+        if description.strip():
+            content.description = description
     image_path = catalogue.image_path(product_id)
     if image_path is not None and embedded.image_present[position]:
         content.image = image_path.read_bytes()

@@ -97,6 +97,8 @@ class QualityPredictorServicer(predictor_grpc.QualityPredictorServiceServicer):
         )
         predictions = self._predictor.predict(inputs)
 
+        # Without a successful store read the stored event times are unknown, and the write-back
+        # needs them to write newer ones, so it is skipped.
         if self._write_back is not None and store_read:
             self._write_back.write(products)
         return [self._response(products[i], predictions, inputs.present[i], i) for i in range(len(products))]
@@ -191,7 +193,6 @@ class QualityPredictorServicer(predictor_grpc.QualityPredictorServiceServicer):
             if not present[m]:
                 response.missing_modalities.append(modality)
         return response
-
 
 
 def _encoder_not_configured(kind: str, product: AssembledProduct, field: str) -> FailedPreconditionError:

@@ -13,6 +13,7 @@ from pydantic import Field, field_validator
 from services.common.settings import EnvSettings, SettingsError
 
 DEFAULT_PORT = 50050
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class PredictorSettings(EnvSettings):
@@ -39,7 +40,10 @@ class PredictorSettings(EnvSettings):
     encoder_timeout_s: float = Field(
         default=5.0,
         gt=0,
-        description="Maximum time in seconds for one encoder call; a shorter client deadline wins.",
+        description=(
+            "Maximum time in seconds for the encoder calls of one request, whose chunks run in parallel; "
+            "a shorter client deadline wins."
+        ),
     )
     encoder_batch_size: int = Field(
         default=64,
@@ -74,6 +78,14 @@ class PredictorSettings(EnvSettings):
     device: str = Field(
         default="auto", description='Torch device of the fusion model: "auto", "cpu", "cuda" or "cuda:N".'
     )
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return level
 
     @field_validator("model_path")
     @classmethod

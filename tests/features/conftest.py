@@ -103,7 +103,8 @@ def delete_project_keys(client: redis.Redis, project: str) -> int:
 def snapshot_project(client: redis.Redis, project: str) -> dict[bytes, dict[bytes, bytes]]:
     """Return every hash of a Feast project, for before/after comparisons."""
     keys = client.scan_iter(match=b"*" + project.encode("utf-8"), count=1000)
-    return {key: client.hgetall(key) for key in keys}
+    # redis-py's annotations include the asyncio client's awaitable results.
+    return {key: client.hgetall(key) for key in keys}  # type: ignore[misc]
 
 
 def closed_port() -> int:

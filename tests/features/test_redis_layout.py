@@ -12,7 +12,7 @@ import pytest
 from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.infra.online_stores.helpers import _mmh3, _redis_key
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-from feast.protos.feast.types.Value_pb2 import Null, Value
+from feast.protos.feast.types.Value_pb2 import DoubleList, Null, Value
 from google.protobuf.timestamp_pb2 import Timestamp
 
 import features
@@ -71,7 +71,7 @@ def test_timestamp_field_matches_feast_layout() -> None:
         (None, Value()),
     ],
 )
-def test_value_encoding_matches_feast(value: object, feast_value: Value) -> None:
+def test_value_encoding_matches_feast(value: bytes | str | float | None, feast_value: Value) -> None:
     assert encode_value(value) == feast_value.SerializeToString()
     assert decode_value(feast_value.SerializeToString()) == value
 
@@ -94,7 +94,7 @@ def test_value_decoding_keeps_nan() -> None:
 
 
 def test_value_decoding_rejects_lists() -> None:
-    data = Value(double_list_val={"val": [1.0, 2.0]}).SerializeToString()
+    data = Value(double_list_val=DoubleList(val=[1.0, 2.0])).SerializeToString()
     with pytest.raises(UnsupportedValueError, match="value kind"):
         decode_value(data)
 

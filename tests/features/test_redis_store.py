@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 import redis
 
-from features.config import FeatureStoreSettings
+from features.config import FeatureStoreSettings, open_feature_store
 from features.errors import OnlineStoreUnavailableError
-from features.materialize import apply_and_materialize, open_feature_store
+from features.materialize import apply_and_materialize
 from features.offline import write_offline_features
 from features.online import (
     EmbeddingWriter,
@@ -163,13 +163,16 @@ def test_reader_unknown_product(shared_store: LoadedStore) -> None:
         assert missing.product_id == "unknown"
         assert not missing.found
         assert missing.attributes is None
-        assert missing.image_embedding is None and missing.text_embedding is None
-        assert missing.image_timestamp is None and missing.text_timestamp is None
+        assert missing.image_embedding is None
+        assert missing.text_embedding is None
+        assert missing.image_timestamp is None
+        assert missing.text_timestamp is None
         assert known.found
 
 
 def test_fast_reader_one_round_trip(shared_store: LoadedStore) -> None:
-    client = CountingRedis.from_url(f"redis://{shared_store.settings.redis_connection_string}")
+    host, _, port = shared_store.settings.redis_connection_string.rpartition(":")
+    client = CountingRedis(host=host, port=int(port))
     reader = RedisFeatureReader(shared_store.settings, shared_store.schema, client=client)
     products = reader.read(shared_store.catalogue.product_ids)
     assert len(products) == 64
@@ -248,6 +251,7 @@ def test_writer_quick_successive_writes(store: LoadedStore, use_feast_sdk: bool)
     (second_time,) = writer.write_text_embeddings([product_id], second_vector, [after_first.text_timestamp])
     (after_second,) = reader.read([product_id])
 
+    assert stored.text_timestamp is not None
     assert first_time > stored.text_timestamp
     assert second_time > first_time
     np.testing.assert_array_equal(after_first.text_embedding, first_vector[0])
@@ -338,7 +342,8 @@ def test_new_encoder_gets_new_view(store: LoadedStore, redis_client: redis.Redis
     assert old_schema.image_view_name not in view_names
     assert feast_store.get_feature_view(new_schema.image_view_name).tags["model_id"] == new_schema.image_model_id
 
-    stored_fields = redis_client.hkeys(product_key(store.settings, product_id))
+    # redis-py annotates keys as str and includes the asyncio client's awaitable results.
+    stored_fields: list[bytes] = redis_client.hkeys(product_key(store.settings, product_id))  # type: ignore
     assert timestamp_field(old_schema.image_view_name) not in stored_fields
     assert feature_field(old_schema.image_view_name, "image_embedding") not in stored_fields
 
@@ -365,7 +370,7 @@ def test_unreachable_redis(shared_store: LoadedStore, helpers: Any) -> None:
 
 
 def test_redis_timeout(shared_store: LoadedStore) -> None:
-    # A listening socket that never answers: the connection opens, the reply never comes.
+    # A listening socket that never replies: the connection opens, but no reply arrives.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)

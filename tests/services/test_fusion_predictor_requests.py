@@ -28,13 +28,20 @@ SCHEMA = FeatureSchema(
 )
 
 
-def request(product_id: str = "", **content: object) -> predictor_pb2.PredictQualityRequest:
-    attributes = content.pop("attributes", {})
+def request(
+    product_id: str = "",
+    *,
+    image: bytes | None = None,
+    title: str | None = None,
+    description: str | None = None,
+    attributes: dict[str, predictor_pb2.AttributeValue] | None = None,
+) -> predictor_pb2.PredictQualityRequest:
     message = predictor_pb2.PredictQualityRequest(product_id=product_id)
-    if content or attributes:
-        message.content.CopyFrom(predictor_pb2.ProductContent(**content))
-        for name, value in attributes.items():  # type: ignore[attr-defined]
-            message.content.attributes[name].CopyFrom(value)
+    if image is None and title is None and description is None and not attributes:
+        return message
+    message.content.CopyFrom(
+        predictor_pb2.ProductContent(image=image, title=title, description=description, attributes=attributes)
+    )
     return message
 
 
@@ -251,3 +258,10 @@ def test_settings_from_environment(tmp_path: Path) -> None:
     assert settings.require_model_path() == tmp_path
     assert settings.write_back is False
     assert settings.text_encoder_address == "127.0.0.1:50052"
+
+
+def test_settings_log_level_invalid() -> None:
+    with pytest.raises(SettingsError) as raised:
+        PredictorSettings.from_env({"PQ_PREDICTOR_LOG_LEVEL": "loud"})
+
+    assert "PQ_PREDICTOR_LOG_LEVEL" in str(raised.value)

@@ -94,7 +94,7 @@ def png(seed: int, size: int = 64) -> bytes:
 IMAGES = [png(seed) for seed in range(4)]
 TITLES = ["Castle Builders", "Space Traders", "Quick Party Quiz", "River Fishing"]
 DESCRIPTIONS = ["Tile placement, Area control", "Trading, Pick-up and deliver", "", "Set collection"]
-ATTRIBUTES_BY_ID = {
+ATTRIBUTES_BY_ID: dict[str, dict[str, float | str]] = {
     "game-1": {"price": 45.0, "players": 4.0, "category": "strategy"},
     "game-2": {"price": 20.0, "players": 2.0, "category": "family"},
     "game-attrs": {"price": np.nan, "players": 6.0, "category": "party"},
@@ -120,7 +120,7 @@ class Models:
         return self.text.embed([text]).vectors[0]  # (Dt,)
 
     def predict(
-        self, image: np.ndarray | None, text: np.ndarray | None, attributes: dict[str, object] | None
+        self, image: np.ndarray | None, text: np.ndarray | None, attributes: dict[str, float | str] | None
     ) -> FusionPredictions:
         inputs = FusionInputs.from_optional(
             [image], [text], [attributes],
