@@ -30,6 +30,7 @@ class ImageBackboneSpec:
 
     Preprocessing: resize the shorter side to `resize_size` pixels, crop the central
     `input_size` x `input_size` square, scale to [0, 1], then normalise with `mean` and `std`.
+    `ImageEncoder` first crops a longer side beyond 16 times the shorter one to that ratio.
     """
 
     name: str

@@ -31,17 +31,18 @@ _PILLOW_DECODE_ERRORS = (
     Image.DecompressionBombError,
 )
 
-# Leading bytes of common formats that are not accepted, used only to name the format in the error.
+# Leading bytes of common formats that are not accepted, used only to name the format in the error,
+# with the article that the name takes.
 _REJECTED_SIGNATURES = {
-    b"GIF87a": "GIF",
-    b"GIF89a": "GIF",
-    b"BM": "BMP",
-    b"II*\x00": "TIFF",
-    b"MM\x00*": "TIFF",
-    b"%PDF": "PDF",
-    b"<svg": "SVG",
-    b"<?xml": "XML",
-    b"\x00\x00\x01\x00": "ICO",
+    b"GIF87a": "a GIF",
+    b"GIF89a": "a GIF",
+    b"BM": "a BMP",
+    b"II*\x00": "a TIFF",
+    b"MM\x00*": "a TIFF",
+    b"%PDF": "a PDF",
+    b"<svg": "an SVG",
+    b"<?xml": "an XML",
+    b"\x00\x00\x01\x00": "an ICO",
 }
 
 # White, because product photos with a transparent background are shown on white pages.
@@ -113,7 +114,7 @@ def _describe_unidentified(data: bytes) -> str:
     """Build the message for bytes that no allowed decoder accepts, naming a known other format."""
     for signature, name in _REJECTED_SIGNATURES.items():
         if data.startswith(signature):
-            return f"image is a {name} file; only JPEG, PNG and WebP are accepted"
+            return f"image is {name} file; only JPEG, PNG and WebP are accepted"
     return (
         f"bytes ({len(data)} bytes, starting {data[:8].hex(' ')}) are not a JPEG, PNG or WebP image "
         "or their header is corrupt"

@@ -30,6 +30,28 @@ _INTERPOLATIONS = {
     "bicubic": TF.InterpolationMode.BICUBIC,
 }
 
+# Preprocessing scales the shorter side to resize_size (256), so a 40,000,000 x 1 image, within the
+# pixel limit, would be scaled to 10,240,000,000 x 256 pixels. A longer side beyond this many times
+# the shorter one is cropped to it first, around the centre. The network's central crop lies inside
+# the kept part, and images within the ratio are not changed.
+MAX_ASPECT_RATIO = 16
+
+
+def crop_to_aspect_ratio(image: Image.Image, max_ratio: int = MAX_ASPECT_RATIO) -> Image.Image:
+    """Crop the longer side of `image` to `max_ratio` times the shorter side, keeping the centre.
+
+    Returns `image` itself when it is within the ratio.
+    """
+    width, height = image.size
+    limit = max_ratio * min(width, height)
+    if max(width, height) <= limit:
+        return image
+    if width > height:
+        left = (width - limit) // 2
+        return image.crop((left, 0, left + limit, height))
+    top = (height - limit) // 2
+    return image.crop((0, top, width, top + limit))
+
 
 class ImageEncoder:
     """A loaded backbone that maps RGB images to pooled feature vectors.
@@ -88,7 +110,8 @@ class ImageEncoder:
                     f"images[{index}] has mode {image.mode}; convert it to RGB first "
                     "(encoders.image.decoding.decode_image does)"
                 )
-            resized = TF.resize(image, [self.spec.resize_size], interpolation=self._interpolation)
+            bounded = crop_to_aspect_ratio(image)
+            resized = TF.resize(bounded, [self.spec.resize_size], interpolation=self._interpolation)
             cropped = TF.center_crop(resized, [self.spec.input_size, self.spec.input_size])
             crops.append(TF.pil_to_tensor(cropped))  # (3, H, W) uint8
         return torch.stack(crops)

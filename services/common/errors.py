@@ -9,12 +9,16 @@
      +-- DeadlineExceededError    DEADLINE_EXCEEDED   the call's deadline passed before it finished
 
 Servicers raise these; `services.common.interceptor.ErrorInterceptor` turns them into statuses in one
-place, so no servicer calls `context.abort` itself.
+place, so no servicer calls `context.abort` itself. Messages quote values from the request through
+`quote_for_message`, so a huge value cannot make the status too large to deliver.
 """
 
 from __future__ import annotations
 
 import grpc
+
+# Characters of a request value that an error message quotes before it cuts the value off.
+MAX_QUOTED_CHARS = 80
 
 
 class ServiceError(Exception):
@@ -61,3 +65,14 @@ class DeadlineExceededError(ServiceError):
     """The call's deadline passed before the work finished."""
 
     code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def quote_for_message(value: str, max_chars: int = MAX_QUOTED_CHARS) -> str:
+    """Return repr(value) for an error message, cut after `max_chars` characters with the full length.
+
+    Request values such as product ids have no length limit, and an error message that repeats a
+    1 MB value is larger than the status trailer a gRPC client accepts.
+    """
+    if len(value) <= max_chars:
+        return repr(value)
+    return f"{value[:max_chars]!r}... ({len(value):,} characters)"

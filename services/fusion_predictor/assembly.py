@@ -15,7 +15,7 @@ from features.schema import FeatureSchema
 from features.stored import StoredProduct
 from fusion.attributes import is_missing_value
 from pq.v1 import quality_predictor_pb2 as predictor_pb2
-from services.common.errors import FailedPreconditionError, NotFoundError
+from services.common.errors import FailedPreconditionError, NotFoundError, quote_for_message
 from services.fusion_predictor.request_parsing import ParsedRequest
 
 InputSource = int  # a pq.v1.InputSource value
@@ -65,8 +65,8 @@ def assemble(request: ParsedRequest, stored: StoredProduct | None, schema: Featu
     """
     if request.product_id is not None and not request.has_content and (stored is None or not stored.found):
         raise NotFoundError(
-            f"{request.field_path}.product_id {request.product_id!r} has no features in the online store; "
-            "check the id, or send the product's content inline"
+            f"{request.field_path}.product_id {quote_for_message(request.product_id)} has no features in "
+            "the online store; check the id, or send the product's content inline"
         )
 
     attributes, attribute_source = _merge_attributes(request, stored, schema)

@@ -12,9 +12,12 @@ from dataclasses import dataclass, field
 
 from features.schema import FeatureSchema
 from pq.v1 import quality_predictor_pb2 as predictor_pb2
-from services.common.errors import InvalidArgumentError
+from services.common.errors import InvalidArgumentError, quote_for_message
 
 AttributeScalar = float | str
+
+# An error message lists at most this many unknown attribute names, then only their count.
+_MAX_LISTED_NAMES = 5
 
 
 @dataclass(frozen=True)
@@ -97,10 +100,13 @@ def _parse_attributes(
     categorical = set(schema.categorical_attributes)
     unknown = sorted(name for name in content.attributes if name not in numeric and name not in categorical)
     if unknown:
+        listed = ", ".join(quote_for_message(name) for name in unknown[:_MAX_LISTED_NAMES])
+        if len(unknown) > _MAX_LISTED_NAMES:
+            listed += f" and {len(unknown) - _MAX_LISTED_NAMES} more"
         known = ", ".join(repr(name) for name in [*schema.numeric_attributes, *schema.categorical_attributes])
         raise InvalidArgumentError(
-            f"{field_path}.content.attributes has unknown attribute names "
-            f"{', '.join(repr(name) for name in unknown)}; the model's attributes are {known}"
+            f"{field_path}.content.attributes has unknown attribute names {listed}; "
+            f"the model's attributes are {known}"
         )
 
     attributes: dict[str, AttributeScalar] = {}
@@ -112,9 +118,9 @@ def _parse_attributes(
             raise InvalidArgumentError(f"{location} has neither number_value nor string_value set")
         if name in numeric:
             if kind != "number_value":
+                given = quote_for_message(value.string_value)
                 raise InvalidArgumentError(
-                    f"{location} is numeric but string_value {value.string_value!r} was given; "
-                    "send number_value"
+                    f"{location} is numeric but string_value {given} was given; send number_value"
                 )
             if not math.isfinite(value.number_value):
                 raise InvalidArgumentError(

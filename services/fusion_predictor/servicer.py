@@ -23,7 +23,13 @@ from features.stored import StoredProduct
 from fusion.inference import FusionInputs, FusionPredictions, FusionPredictor
 from pq.v1 import quality_predictor_pb2 as predictor_pb2
 from pq.v1 import quality_predictor_pb2_grpc as predictor_grpc
-from services.common.errors import FailedPreconditionError, UnavailableError
+from services.common.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    ServiceError,
+    UnavailableError,
+    quote_for_message,
+)
 from services.fusion_predictor.assembly import MISSING, AssembledProduct, assemble
 from services.fusion_predictor.encoder_clients import ImageEncoderClient, PendingEmbeddings, TextEncoderClient
 from services.fusion_predictor.request_parsing import ParsedRequest, parse_batch, parse_request
@@ -96,6 +102,7 @@ class QualityPredictorServicer(predictor_grpc.QualityPredictorServiceServicer):
             text_dim=self._schema.text_embedding_dim,
         )
         predictions = self._predictor.predict(inputs)
+        _check_finite(products, predictions)
 
         # Without a successful store read the stored event times are unknown, and the write-back
         # needs them to write newer ones, so it is skipped.
@@ -118,9 +125,10 @@ class QualityPredictorServicer(predictor_grpc.QualityPredictorServiceServicer):
         except OnlineStoreUnavailableError as error:
             id_only = [r for r in requests if r.product_id is not None and not r.has_content]
             if id_only:
+                product_id = quote_for_message(id_only[0].product_id or "")
                 raise UnavailableError(
-                    f"{id_only[0].field_path} gives only product_id {id_only[0].product_id!r}, and the "
-                    f"online store is unavailable: {error.message}"
+                    f"{id_only[0].field_path} gives only product_id {product_id}, and the online store is "
+                    f"unavailable: {error.message}"
                 ) from error
             logger.warning(
                 "online store unavailable, scoring %d request(s) from inline content only: %s",
@@ -193,6 +201,35 @@ class QualityPredictorServicer(predictor_grpc.QualityPredictorServiceServicer):
             if not present[m]:
                 response.missing_modalities.append(modality)
         return response
+
+
+def _check_finite(products: Sequence[AssembledProduct], predictions: FusionPredictions) -> None:
+    """Raise instead of returning a NaN or infinite prediction as if it were a score.
+
+    Finite numbers far outside the training range, such as a weight of 1e30, overflow float32 inside
+    the model. A request with inline numbers fails with INVALID_ARGUMENT naming them, and any other
+    product with INTERNAL, because then its stored features are the cause.
+    """
+    finite = (
+        np.isfinite(predictions.quality)
+        & np.isfinite(predictions.baseline)
+        & np.isfinite(predictions.contributions).all(axis=1)
+    )  # (B,)
+    for row in np.flatnonzero(~finite):
+        request = products[row].request
+        numbers = [
+            f"{name!r}={value:g}" for name, value in request.attributes.items() if isinstance(value, float)
+        ]
+        if numbers:
+            raise InvalidArgumentError(
+                f"{request.field_path}.content.attributes give numbers the model cannot score, so its "
+                f"prediction is not finite: {', '.join(numbers)}; send values in the range of real products"
+            )
+        product_id = quote_for_message(request.product_id or "")
+        raise ServiceError(
+            f"the prediction for {request.field_path} (product_id {product_id}) is not finite; its "
+            "stored numeric attributes are probably far outside the training range"
+        )
 
 
 def _encoder_not_configured(kind: str, product: AssembledProduct, field: str) -> FailedPreconditionError:
