@@ -15,10 +15,10 @@ from services.common.errors import InvalidArgumentError, ServiceError
 logger = logging.getLogger(__name__)
 
 # gRPC sends the status message in the grpc-message trailer and percent-encodes every byte outside
-# printable ASCII there. Clients drop a call whose trailers exceed their metadata limit: gRPC's
-# PROTOCOL-HTTP2.md suggests 8 KiB, and grpcio 1.85 clients reject more than 16 KiB, reporting
-# RESOURCE_EXHAUSTED instead of the real status. 2,000 UTF-8 bytes stay under 8 KiB even when every
-# byte is escaped.
+# printable ASCII there. Clients drop a call whose trailers exceed their metadata limit. A grpcio
+# 1.85 client rejects more than 16 KiB and reports RESOURCE_EXHAUSTED instead of the call's status,
+# and gRPC's protocol guide suggests 8 KiB as a client default. 2,000 UTF-8 bytes stay under 8 KiB
+# even when every byte is escaped.
 MAX_DETAILS_BYTES = 2000
 
 

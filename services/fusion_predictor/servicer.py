@@ -216,7 +216,7 @@ def _check_finite(products: Sequence[AssembledProduct], predictions: FusionPredi
         & np.isfinite(predictions.contributions).all(axis=1)
     )  # (B,)
     for row in np.flatnonzero(~finite):
-        request = products[row].request
+        request = products[int(row)].request
         numbers = [
             f"{name!r}={value:g}" for name, value in request.attributes.items() if isinstance(value, float)
         ]

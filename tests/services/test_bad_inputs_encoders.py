@@ -137,12 +137,30 @@ def test_preprocess_unchanged_within_ratio(image_model: ImageEncoder, size: tupl
     assert torch.equal(actual, expected)
 
 
+def test_resize_input_within_ratio(image_model: ImageEncoder, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A 40,000,000 x 1 image is within the default pixel limit (a 39 KB PNG), and scaling its
+    # shorter side to 256 would allocate about 30 GB. The wrapper checks what reaches the real
+    # resize and fails before that allocation when the crop is missing.
+    real_resize = TF.resize
+    resized_sizes: list[tuple[int, int]] = []
+
+    def checked_resize(image: Image.Image, size: list[int], **options: object) -> Image.Image:
+        resized_sizes.append(image.size)
+        assert max(image.size) <= MAX_ASPECT_RATIO * min(image.size), f"resize received {image.size}"
+        return real_resize(image, size, **options)
+
+    monkeypatch.setattr(TF, "resize", checked_resize)
+
+    pixels = image_model.preprocess([Image.new("RGB", (40_000_000, 1)), Image.new("RGB", (1, 40_000_000))])
+
+    assert resized_sizes == [(MAX_ASPECT_RATIO, 1), (1, MAX_ASPECT_RATIO)]
+    assert pixels.shape == (2, 3, image_model.spec.input_size, image_model.spec.input_size)
+
+
 @pytest.mark.parametrize("size", [(8000, 1), (1, 8000), (5000, 3)])
 def test_extreme_aspect_ratio_embedded_as_central_crop(
     image_stub: image_encoder_pb2_grpc.ImageEncoderServiceStub, size: tuple[int, int]
 ) -> None:
-    # Before the crop, an 8000 x 1 image was scaled to 2,048,000 x 256 pixels (1.5 GB) before the
-    # network's crop, and a 40,000,000 x 1 PNG of 39 KB, within the pixel limit, to 30 GB.
     image = gradient(*size)
     central = crop_to_aspect_ratio(image)
 
