@@ -25,6 +25,10 @@ from encoders.text.backbones import DEFAULT_TEXT_BACKBONE, TextBackboneSpec, get
 
 logger = logging.getLogger(__name__)
 
+# Characters kept per token of max_tokens before tokenising: a token spans at most a 100-character
+# word piece plus a separator.
+_CHARACTERS_PER_TOKEN = 101
+
 
 @dataclass(frozen=True)
 class TextEmbeddings:
@@ -89,9 +93,17 @@ class TextEncoder:
                 token_counts=np.zeros(0, dtype=np.int64),
             )
 
+        # Tokenising costs about 1 s per MB of text, so texts far beyond what the model can see are
+        # cut first. A WordPiece token covers at most 100 characters of a word (longer words become
+        # one [UNK]), so `max_characters` holds more than max_tokens tokens of any ordinary text,
+        # and a cut text is reported as truncated.
+        max_characters = _CHARACTERS_PER_TOKEN * self.max_tokens
+        cut = np.array([len(text) > max_characters for text in texts], dtype=bool)
+        model_texts = [text[:max_characters] for text in texts]
+
         with self._tokenizer_lock:
             batch = self._tokenizer(
-                list(texts),
+                model_texts,
                 padding=True,
                 truncation=True,
                 max_length=self.max_tokens,
@@ -99,7 +111,8 @@ class TextEncoder:
             )
         # With truncation on, the Rust tokenizer keeps the cut-off tokens of each text in
         # `Encoding.overflowing`, so one tokenisation gives both the model input and the flag.
-        truncated = np.array([len(encoding.overflowing) > 0 for encoding in batch.encodings], dtype=bool)
+        overflowed = np.array([len(encoding.overflowing) > 0 for encoding in batch.encodings], dtype=bool)
+        truncated = overflowed | cut
 
         input_ids = batch["input_ids"].to(self.device)  # (B, T)
         attention_mask = batch["attention_mask"].to(self.device)  # (B, T)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import hashlib
 import re
 import sys
@@ -218,3 +220,18 @@ def test_empty_batch(encoder: TextEncoder) -> None:
 def test_non_string_rejected(encoder: TextEncoder) -> None:
     with pytest.raises(TypeError, match=r"texts\[1\] is a float"):
         encoder.embed(["fine", float("nan")])  # type: ignore[list-item]
+
+
+def test_megabyte_text_cut_before_tokenising(encoder: TextEncoder) -> None:
+    words = "solid oak table with drawers " * 40_000  # about 1.2 MB
+    prefix = words[: 101 * encoder.max_tokens]
+
+    start = time.perf_counter()
+    whole = encoder.embed([words])
+    seconds = time.perf_counter() - start
+    cut = encoder.embed([prefix])
+
+    assert whole.truncated[0]
+    assert whole.token_counts[0] == encoder.max_tokens
+    np.testing.assert_allclose(whole.vectors[0], cut.vectors[0], atol=1e-6)
+    assert seconds < 5.0
