@@ -55,6 +55,13 @@ class FeatureStoreSettings(EnvSettings):
     feature_schema_path: Path | None = None
     """Feature schema JSON written by training; unset means `<feature_data_dir>/feature_schema.json`."""
 
+    @field_validator("feature_repo_dir", "feature_data_dir", "feature_schema_path")
+    @classmethod
+    def _make_absolute(cls, value: Path | None) -> Path | None:
+        # Feast resolves relative paths against the repository directory, not the working
+        # directory, so a relative setting is made absolute here, against the working directory.
+        return None if value is None else value.expanduser().resolve()
+
     @field_validator("feast_project")
     @classmethod
     def _check_project(cls, value: str) -> str:

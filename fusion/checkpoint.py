@@ -116,6 +116,8 @@ def save_checkpoint(
     directory.parent.mkdir(parents=True, exist_ok=True)
 
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    # mkdtemp creates the folder readable by its owner only; serving containers run as another user.
+    staging.chmod(0o755)
     try:
         weights_file, weights_format = _write_weights(staging, model)
         document = {

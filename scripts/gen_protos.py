@@ -33,7 +33,8 @@ def generate(out_dir: Path = ROOT) -> list[Path]:
     for package_dir in {(out_dir / p.relative_to(PROTO_ROOT)).parent for p in proto_files}:
         for directory in [package_dir, *package_dir.relative_to(out_dir).parents]:
             init = out_dir / directory / "__init__.py" if directory != Path(".") else None
-            if init is not None and not init.exists():
+            if init is not None:
+                # Rewritten on every run: install.sh compares the .proto files with its time stamp.
                 init.write_text('"""Generated protobuf and gRPC code; do not edit."""\n')
     return proto_files
 

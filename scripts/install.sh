@@ -17,8 +17,11 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
   .venv/bin/pip install --quiet -r requirements.txt
 fi
 
-# Generate before the editable install so the generated package pq is found by it.
-.venv/bin/python scripts/gen_protos.py
+# Generate before the editable install so the generated package pq is found by it. The code is
+# regenerated only when a .proto file is newer than it.
+if [ ! -f pq/v1/__init__.py ] || [ -n "$(find protos -name '*.proto' -newer pq/v1/__init__.py)" ]; then
+  .venv/bin/python scripts/gen_protos.py
+fi
 
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
   # Compat mode puts the repository root on sys.path, so packages added later import too.

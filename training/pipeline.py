@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from encoders.image.backbones import DEFAULT_IMAGE_BACKBONE, IMAGE_BACKBONES
+from encoders.text.backbones import DEFAULT_TEXT_BACKBONE, TEXT_BACKBONES
 from training.catalogue import Catalogue, load_catalogue
 from training.report import JobReport, write_report
 from training.spec import builtin_spec_names, load_spec
@@ -27,6 +29,7 @@ from training.stages import (
     publish_features,
     score_through_services,
     train_and_save,
+    write_serving_environment,
 )
 from training.timing import StageTimer
 
@@ -60,6 +63,7 @@ class JobOptions:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m training.pipeline",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description=(
             "Build a catalogue's features, train a fusion model, serve it with the three gRPC "
             "services and score held-out products through the predictor."
@@ -77,11 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, default=None, help="use a random subset of this many products")
     parser.add_argument(
         "--online-store", choices=["sqlite", "redis"], default="sqlite",
-        help="Feast online store (default: sqlite, embedded, no server)",
+        help="Feast online store: sqlite is embedded and needs no server",
     )
     parser.add_argument(
         "--redis", dest="redis_connection_string", default="127.0.0.1:6379",
-        help="Redis address in Feast's format host:port[,db=N,password=...] (default: 127.0.0.1:6379)",
+        help="Redis address in Feast's format host:port[,db=N,password=...]",
     )
     parser.add_argument(
         "--feast-project", default=None,
@@ -89,14 +93,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--runs-dir", type=Path, default=REPO_ROOT / "runs", help="parent folder of run folders")
     parser.add_argument("--run-name", default=None, help="run folder name (default: <dataset>-<UTC time>)")
-    parser.add_argument("--image-backbone", default="efficientnet_lite0", help="image encoder backbone")
-    parser.add_argument("--text-backbone", default="all-minilm-l6-v2", help="text encoder backbone")
+    parser.add_argument(
+        "--image-backbone", default=DEFAULT_IMAGE_BACKBONE, choices=sorted(IMAGE_BACKBONES),
+        help="image encoder backbone",
+    )
+    parser.add_argument(
+        "--text-backbone", default=DEFAULT_TEXT_BACKBONE, choices=sorted(TEXT_BACKBONES),
+        help="text encoder backbone",
+    )
     parser.add_argument("--device", default="auto", help="torch device: auto (CUDA when present), cpu, cuda")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, the sample and training")
     parser.add_argument("--epochs", type=int, default=200, help="maximum training epochs (early stopping)")
     parser.add_argument(
         "--inline-products", type=int, default=8,
-        help="held-out products also scored by inline content, through the encoder services (default: 8)",
+        help="held-out products also scored by inline content, through the encoder services",
     )
     parser.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None,
                         help="hide progress bars")
@@ -117,6 +127,11 @@ def _resolve_spec_name(options: JobOptions) -> str:
         return options.spec
     if options.catalogue is None:
         return "sample"
+    if not (options.catalogue / "products.csv").is_file():
+        raise SystemExit(
+            f"catalogue folder {options.catalogue} has no products.csv; pass a folder with products.csv "
+            "and the images it names"
+        )
     folder_name = options.catalogue.resolve().name
     if folder_name in builtin_spec_names():
         return folder_name
@@ -188,6 +203,8 @@ def run_job(options: JobOptions) -> JobReport:
             device=options.device,
         )
 
+    write_serving_environment(run_dir / "serve.env", trained.checkpoint_dir, store_settings)
+
     with timer.stage("evaluate"):
         reference = predict_in_process(trained.checkpoint_dir, embedded, split.test, device=options.device)
 
@@ -204,7 +221,7 @@ def run_job(options: JobOptions) -> JobReport:
 
     report = JobReport.build(
         run_dir=run_dir,
-        options={key: str(value) for key, value in asdict(options).items()},
+        options={key: None if value is None else str(value) for key, value in asdict(options).items()},
         catalogue=catalogue,
         split_sizes={"train": len(split.train), "validation": len(split.validation), "test": len(split.test)},
         labels=catalogue.labels[split.test],

@@ -42,7 +42,7 @@ class JobReport:
     mean_contributions: dict[str, float]
     stage_seconds: dict[str, float]
     training: dict[str, Any]
-    settings: dict[str, str]
+    settings: dict[str, str | None]
     service_exit_statuses: dict[str, int | None] = field(default_factory=dict)
 
     @classmethod
@@ -50,7 +50,7 @@ class JobReport:
         cls,
         *,
         run_dir: Path,
-        options: dict[str, str],
+        options: dict[str, str | None],
         catalogue: Catalogue,
         split_sizes: dict[str, int],
         labels: np.ndarray,

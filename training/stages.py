@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shlex
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -211,10 +212,6 @@ def train_and_save(
     )
     train_config = TrainConfig(epochs=epochs, seed=seed, device=device)
     model, history = train_fusion(labelled(split.train), labelled(split.validation), model_config, train_config)
-    logger.info(
-        "trained %d epochs, best epoch %d with validation loss %.4f",
-        history.epochs_run, history.best_epoch + 1, history.best_validation_loss,
-    )
 
     # Step 5: validation metrics in label units, recorded in the checkpoint.
     model = model.to("cpu").eval()
@@ -290,6 +287,34 @@ def inline_content(embedded: EmbeddedCatalogue, position: int) -> predictor_pb2.
     return content
 
 
+def serving_environment(checkpoint_dir: Path, store_settings: FeatureStoreSettings) -> dict[str, str]:
+    """Return the PQ_* settings with which the predictor serves this checkpoint and feature store."""
+    return {
+        "PQ_PREDICTOR_MODEL_PATH": str(checkpoint_dir),
+        "PQ_ONLINE_STORE": store_settings.online_store,
+        "PQ_REDIS_CONNECTION_STRING": store_settings.redis_connection_string,
+        "PQ_FEAST_PROJECT": store_settings.feast_project,
+        "PQ_FEATURE_DATA_DIR": str(store_settings.feature_data_dir),
+    }
+
+
+def write_serving_environment(path: Path, checkpoint_dir: Path, store_settings: FeatureStoreSettings) -> None:
+    """Write the settings that serve this run as an env file, for `set -a; . FILE; set +a`.
+
+    The encoder addresses are the services' defaults. The file may hold a Redis password, so only
+    its owner can read it.
+    """
+    settings = {
+        **serving_environment(checkpoint_dir, store_settings),
+        "PQ_PREDICTOR_IMAGE_ENCODER_ADDRESS": "127.0.0.1:50051",
+        "PQ_PREDICTOR_TEXT_ENCODER_ADDRESS": "127.0.0.1:50052",
+    }
+    lines = ["# Settings that serve this run; load them with: set -a; . THIS_FILE; set +a"]
+    lines += [f"{name}={shlex.quote(value)}" for name, value in settings.items()]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.chmod(0o600)
+
+
 def score_through_services(
     checkpoint_dir: Path,
     embedded: EmbeddedCatalogue,
@@ -307,11 +332,7 @@ def score_through_services(
     encoder services.
     """
     environment = {
-        "PQ_PREDICTOR_MODEL_PATH": str(checkpoint_dir),
-        "PQ_ONLINE_STORE": store_settings.online_store,
-        "PQ_REDIS_CONNECTION_STRING": store_settings.redis_connection_string,
-        "PQ_FEAST_PROJECT": store_settings.feast_project,
-        "PQ_FEATURE_DATA_DIR": str(store_settings.feature_data_dir),
+        **serving_environment(checkpoint_dir, store_settings),
         "PQ_IMAGE_ENCODER_DEVICE": device,
         "PQ_TEXT_ENCODER_DEVICE": device,
         "PQ_PREDICTOR_DEVICE": device,

@@ -24,10 +24,12 @@ class StageTimer:
         start = time.perf_counter()
         try:
             yield
-        finally:
-            elapsed = time.perf_counter() - start
-            self.seconds[name] = elapsed
-            logger.info("stage %s: finished in %.1f s", name, elapsed)
+        except BaseException:
+            logger.error("stage %s: failed after %.1f s", name, time.perf_counter() - start)
+            raise
+        elapsed = time.perf_counter() - start
+        self.seconds[name] = elapsed
+        logger.info("stage %s: finished in %.1f s", name, elapsed)
 
     @property
     def total(self) -> float:

@@ -135,6 +135,7 @@ def train_fusion(
         model_config.task, len(train), len(validation), device,
     )
 
+    # Epochs count from 0 here and in TrainingHistory.best_epoch, and from 1 in the log.
     for epoch in range(train_config.epochs):
         # 1. One pass over the training split in a fresh random order.
         model.train()
@@ -164,7 +165,7 @@ def train_fusion(
         history.train_loss.append(loss_sum / weight_sum)
         history.validation_loss.append(validation_loss)
         logger.info(
-            "epoch %d: train loss %.5f, validation loss %.5f", epoch, history.train_loss[-1], validation_loss
+            "epoch %d: train loss %.5f, validation loss %.5f", epoch + 1, history.train_loss[-1], validation_loss
         )
 
         # 5. Early stopping: keep a copy of the best weights, stop after `patience` epochs without improvement.
@@ -178,7 +179,7 @@ def train_fusion(
             if epochs_without_improvement >= train_config.patience:
                 history.stopped_early = True
                 logger.info(
-                    "Stopping early after epoch %d: no improvement for %d epochs", epoch, train_config.patience
+                    "Stopping early after epoch %d: no improvement for %d epochs", epoch + 1, train_config.patience
                 )
                 break
 
@@ -188,7 +189,7 @@ def train_fusion(
     history.seconds = time.perf_counter() - started
     logger.info(
         "Training finished after %d epochs in %.1f s, best epoch %d with validation loss %.5f",
-        history.epochs_run, history.seconds, history.best_epoch, history.best_validation_loss,
+        history.epochs_run, history.seconds, history.best_epoch + 1, history.best_validation_loss,
     )
     return model, history
 

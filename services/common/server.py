@@ -104,17 +104,24 @@ def build_server(
 
 def run_until_signalled(service: ServiceServer, name: str, grace_s: float) -> None:
     """Serve until SIGTERM or SIGINT, then stop gracefully; logs one line at start and at stop."""
+    received: list[int] = []
     stop_requested = threading.Event()
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
-        logger.info("%s received %s, stopping with %.1f s grace", name, signal.Signals(signum).name, grace_s)
+        # Only record the signal: logging from a signal handler can deadlock on the handler's lock.
+        received.append(signum)
         stop_requested.set()
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     service.start()
     logger.info("%s started on port %d", name, service.port)
-    stop_requested.wait()
+    # Wait with a timeout: the kernel may deliver the signal to one of gRPC's threads, and Python
+    # runs the handler only when the main thread returns to the interpreter, which an untimed
+    # wait on a lock never does.
+    while not stop_requested.wait(timeout=0.2):
+        pass
+    logger.info("%s received %s, stopping with %.1f s grace", name, signal.Signals(received[0]).name, grace_s)
     service.stop(grace_s)
     logger.info("%s stopped", name)
 

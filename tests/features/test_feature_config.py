@@ -87,3 +87,12 @@ def test_repo_config_redis(tmp_path: Path) -> None:
     assert config.online_store.type == "redis"
     assert config.online_store.connection_string.startswith("127.0.0.1:6379,db=1,socket_timeout=")
     assert config.registry.path == str(tmp_path / "registry.db")
+
+
+def test_relative_paths_made_absolute(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    settings = FeatureStoreSettings.from_env({}, feature_data_dir="runs/latest/features")
+
+    assert settings.feature_data_dir == tmp_path / "runs" / "latest" / "features"
+    assert settings.schema_path == tmp_path / "runs" / "latest" / "features" / "feature_schema.json"

@@ -131,3 +131,9 @@ def test_default_model_version_format():
     created = datetime(2026, 12, 4, 21, 35, 0, tzinfo=UTC)
 
     assert default_model_version("boardgames", created) == "boardgames-20261204T213500"
+
+
+def test_checkpoint_folder_readable_by_others(make_checkpoint):
+    directory = make_checkpoint()
+
+    assert directory.stat().st_mode & 0o755 == 0o755

@@ -37,6 +37,7 @@ def test_sample_job_with_sqlite(tmp_path: Path) -> None:
     assert report.metrics["predictor over gRPC (by product id)"]["r2"] > 0.3
     assert report.service_exit_statuses == {"fusion predictor": 0, "text encoder": 0, "image encoder": 0}
     assert (tmp_path / "sample" / "report.md").is_file()
+    assert "PQ_PREDICTOR_MODEL_PATH=" in (tmp_path / "sample" / "serve.env").read_text()
     assert (tmp_path / "latest").resolve() == (tmp_path / "sample").resolve()
     written = json.loads((tmp_path / "sample" / "metrics.json").read_text())
     assert set(written["stage_seconds"]) == {
