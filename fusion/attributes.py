@@ -203,7 +203,10 @@ class AttributeEncoder:
             standardised = (values - self.means[column]) / self.stds[column]
             # Missing values sit at the training mean, which is 0 after standardisation, and the
             # missing indicator distinguishes them from observed values at the mean.
-            numeric[:, j] = np.where(missing, 0.0, standardised)
+            # A finite value beyond float32's range becomes inf here; callers reject non-finite
+            # predictions, so the overflow warning is silenced rather than raised.
+            with np.errstate(over="ignore"):
+                numeric[:, j] = np.where(missing, 0.0, standardised)
             numeric[:, n_numeric + j] = missing
             any_present |= ~missing
 

@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from typing import Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class SettingsError(ValueError):
@@ -49,3 +49,39 @@ class EnvSettings(BaseModel):
                 given = values.get(field, "<unset>")
                 problems.append(f"{cls.env_name(field)}={given!r}: {item['msg']}")
             raise SettingsError(f"invalid {cls.__name__}: " + "; ".join(problems)) from None
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class ServiceSettings(EnvSettings):
+    """Settings every gRPC service has; subclasses set `env_prefix` and the default `address`."""
+
+    address: str = Field(default="127.0.0.1:0", description="host:port to listen on; port 0 picks a free port.")
+    max_workers: int = Field(default=4, ge=1, description="Threads that serve calls concurrently.")
+    max_message_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=1024,
+        description=(
+            "Largest request or response message in bytes; a larger request gets RESOURCE_EXHAUSTED."
+        ),
+    )
+    grace_period_s: float = Field(
+        default=5.0,
+        ge=0.0,
+        description="Seconds that calls in flight may keep running after a stop signal before they are cancelled.",
+    )
+    log_level: str = Field(default="INFO", description="Python logging level name, for example INFO or DEBUG.")
+    device: str = Field(
+        default="auto",
+        pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description='Torch device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".',
+    )
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return level

@@ -10,13 +10,12 @@ from typing import ClassVar
 
 from pydantic import Field, field_validator
 
-from services.common.settings import EnvSettings, SettingsError
+from services.common.settings import ServiceSettings, SettingsError
 
 DEFAULT_PORT = 50050
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-class PredictorSettings(EnvSettings):
+class PredictorSettings(ServiceSettings):
     """Configuration of `python -m services.fusion_predictor`."""
 
     env_prefix: ClassVar[str] = "PQ_PREDICTOR_"
@@ -63,29 +62,12 @@ class PredictorSettings(EnvSettings):
         default=True,
         description="Write embeddings computed from inline content back to the online store.",
     )
-    max_message_bytes: int = Field(
-        default=32 * 1024 * 1024,
-        ge=1024,
-        description="Maximum size in bytes of a request or response message.",
-    )
-    max_workers: int = Field(default=8, ge=1, description="Number of threads serving calls.")
-    grace_period_s: float = Field(
-        default=5.0,
-        ge=0,
-        description="Seconds that calls in flight may run after a stop signal before they are cancelled.",
-    )
-    log_level: str = Field(default="INFO", description="Logging level name, for example INFO or DEBUG.")
+    max_workers: int = Field(default=8, ge=1, description="Threads that serve calls concurrently.")
     device: str = Field(
-        default="auto", description='Torch device of the fusion model: "auto", "cpu", "cuda" or "cuda:N".'
+        default="auto",
+        pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description='Torch device of the fusion model: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".',
     )
-
-    @field_validator("log_level")
-    @classmethod
-    def _check_log_level(cls, value: str) -> str:
-        level = value.upper()
-        if level not in LOG_LEVELS:
-            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
-        return level
 
     @field_validator("model_path")
     @classmethod
