@@ -1,8 +1,8 @@
 """Fusion of image, text and attribute inputs into a product-quality prediction.
 
-Modules: `attributes` (attribute encoding), `model` (ConcatFusionModel and FusionConfig), `batch`
-(model inputs as tensors), `labels` (label scaling), `checkpoint` (saving and loading), `inference`
-(FusionPredictor with Shapley contributions).
+Modules: `attributes` (attribute encoding), `model` (FusionModel and FusionConfig), `heads` (the
+fusion heads), `batch` (model inputs as tensors), `labels` (label scaling), `checkpoint` (saving and
+loading), `inference` (FusionPredictor with Shapley contributions).
 """
 
 from fusion.attributes import AttributeEncoder, AttributeEncodingError, EncodedAttributes
@@ -17,9 +17,10 @@ from fusion.checkpoint import (
 )
 from fusion.inference import FusionInputs, FusionPredictions, FusionPredictor
 from fusion.labels import LabelScaling
-from fusion.model import MODALITIES, ConcatFusionModel, FusionConfig
+from fusion.model import FUSION_HEADS, MODALITIES, ConcatFusionModel, FusionConfig, FusionModel, FusionOutputs
 
 __all__ = [
+    "FUSION_HEADS",
     "MODALITIES",
     "AttributeEncoder",
     "AttributeEncodingError",
@@ -32,6 +33,8 @@ __all__ = [
     "FusionBundle",
     "FusionConfig",
     "FusionInputs",
+    "FusionModel",
+    "FusionOutputs",
     "FusionPredictions",
     "FusionPredictor",
     "LabelScaling",

@@ -1,4 +1,4 @@
-"""Model inputs for a batch of products, as tensors in the order ConcatFusionModel takes them."""
+"""Model inputs for a batch of products, as tensors in the order FusionModel takes them."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from fusion.attributes import EncodedAttributes
-from fusion.model import MODALITIES, ConcatFusionModel
+from fusion.model import MODALITIES, FusionModel, FusionOutputs
 
 
 @dataclass(frozen=True)
@@ -79,9 +79,13 @@ class FusionBatch:
             present=self.present[index],
         )
 
-    def run(self, model: ConcatFusionModel) -> torch.Tensor:
+    def run(self, model: FusionModel) -> torch.Tensor:
         """Run the model on this batch and return its outputs as a (N,) tensor."""
         return model(self.image, self.text, self.numeric, self.categorical, self.present).squeeze(-1)
+
+    def run_outputs(self, model: FusionModel) -> FusionOutputs:
+        """Run the model on this batch and return all its outputs (prediction (N, 1), weights, ...)."""
+        return model.forward_outputs(self.image, self.text, self.numeric, self.categorical, self.present)
 
 
 def _zero_absent_rows(name: str, values: np.ndarray, present: np.ndarray) -> np.ndarray:

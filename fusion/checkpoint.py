@@ -29,7 +29,7 @@ import torch
 
 from fusion.attributes import AttributeEncoder, AttributeEncodingError
 from fusion.labels import LabelScaling
-from fusion.model import ConcatFusionModel, FusionConfig
+from fusion.model import FusionConfig, FusionModel
 
 safetensors_torch: ModuleType | None
 try:
@@ -78,7 +78,7 @@ class CheckpointMetadata:
 class FusionBundle:
     """A loaded checkpoint: the model in eval mode with everything needed to build its inputs."""
 
-    model: ConcatFusionModel
+    model: FusionModel
     config: FusionConfig
     attribute_encoder: AttributeEncoder
     metadata: CheckpointMetadata
@@ -94,7 +94,7 @@ def default_model_version(dataset_name: str, created_at: datetime | None = None)
 
 def save_checkpoint(
     directory: Path | str,
-    model: ConcatFusionModel,
+    model: FusionModel,
     attribute_encoder: AttributeEncoder,
     metadata: CheckpointMetadata,
     *,
@@ -219,7 +219,7 @@ def load_checkpoint(directory: Path | str, *, device: torch.device | str = "cpu"
         )
 
     state_dict = _read_weights(weights_path, weights_record["format"])
-    model = ConcatFusionModel(config)
+    model = FusionModel(config)
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as error:
@@ -258,7 +258,7 @@ def _check_consistent(config: FusionConfig, encoder: AttributeEncoder, metadata:
         raise CheckpointError("Inconsistent checkpoint: " + "; ".join(problems) + ".")
 
 
-def _write_weights(directory: Path, model: ConcatFusionModel) -> tuple[Path, str]:
+def _write_weights(directory: Path, model: FusionModel) -> tuple[Path, str]:
     state_dict = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     if safetensors_torch is not None:
         path = directory / SAFETENSORS_WEIGHTS_FILE

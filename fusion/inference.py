@@ -88,6 +88,11 @@ class FusionPredictions:
     class_probabilities: np.ndarray | None  # (B, 2) float64 [P(negative), P(positive)] for binary; None else
     contributions: np.ndarray  # (B, 3) float64 Shapley values in MODALITIES order
     baseline: np.ndarray  # (B,) float64 prediction with all three modalities missing
+    # Per-product weights of the modalities in the prediction with all present modalities (the full
+    # subset), in MODALITIES order. A missing modality is weighted through its learned missing vector.
+    # The attention and transformer heads have softmax weights, whose rows sum to 1; other heads None.
+    modality_weights: np.ndarray | None = None  # (B, 3) float64
+    modality_gates: np.ndarray | None = None  # (B, 3) float64 sigmoid gates in (0, 1) of the gated head, else None
 
 
 class FusionPredictor:
@@ -186,9 +191,16 @@ class FusionPredictor:
             raise ValueError(f"chunk_size must be at least 1, got {chunk_size}.")
         n = len(batch)
         values = np.empty((len(_SUBSETS), n), dtype=np.float64)  # (8, B) label units
+        weight_chunks: list[np.ndarray] = []
+        gate_chunks: list[np.ndarray] = []
         for start in range(0, n, chunk_size):
             chunk = batch.select(torch.arange(start, min(start + chunk_size, n)))
-            values[:, start : start + len(chunk)] = self._subset_values(chunk)
+            chunk_values, chunk_weights, chunk_gates = self._subset_values(chunk)
+            values[:, start : start + len(chunk)] = chunk_values
+            if chunk_weights is not None:
+                weight_chunks.append(chunk_weights)
+            if chunk_gates is not None:
+                gate_chunks.append(chunk_gates)
 
         quality = values[-1]  # (B,) full subset, restricted to the present modalities
         baseline = values[0]  # (B,) empty subset
@@ -206,11 +218,17 @@ class FusionPredictor:
             class_probabilities=class_probabilities,
             contributions=contributions,
             baseline=baseline,
+            modality_weights=_concatenate_or_none(weight_chunks),
+            modality_gates=_concatenate_or_none(gate_chunks),
         )
 
     @torch.inference_mode()
-    def _subset_values(self, chunk: FusionBatch) -> np.ndarray:
-        """Return the model's value for every modality subset of every product, (8, B) in label units."""
+    def _subset_values(self, chunk: FusionBatch) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Return the model's value for every modality subset of every product, (8, B) in label units.
+
+        Also returns the head's modality weights (B, 3) and gates (B, 3) for the full subset, or None
+        where the head has none.
+        """
         chunk = chunk.to(self.device)
         n_subsets = len(_SUBSETS)
         b = len(chunk)
@@ -226,8 +244,27 @@ class FusionPredictor:
             present=present,
         )
 
-        outputs = repeated.run(self.model).reshape(n_subsets, b)  # (8, B) standardised labels or logits
-        return self.bundle.metadata.label_scaling.to_label_units(outputs.double().cpu().numpy())
+        model_outputs = repeated.run_outputs(self.model)
+        outputs = model_outputs.prediction.reshape(n_subsets, b)  # (8, B) standardised labels or logits
+        values = self.bundle.metadata.label_scaling.to_label_units(outputs.double().cpu().numpy())
+
+        # The full subset is the last block of B rows.
+        weights = _full_subset_rows(model_outputs.modality_weights, b)  # (B, 3) or None
+        gates = _full_subset_rows(model_outputs.modality_gates, b)  # (B, 3) or None
+        return values, weights, gates
+
+
+def _full_subset_rows(per_row: torch.Tensor | None, b: int) -> np.ndarray | None:
+    if per_row is None:
+        return None
+    return per_row[-b:].double().cpu().numpy()  # (B, 3)
+
+
+def _concatenate_or_none(chunks: list[np.ndarray]) -> np.ndarray | None:
+    # NOTE: an empty batch has no chunks, so it gets None even from a head with weights.
+    if not chunks:
+        return None
+    return np.concatenate(chunks, axis=0)  # (B, 3)
 
 
 def _stack_optional(name: str, vectors: Sequence[np.ndarray | None], dim: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Concatenation fusion of image, text and attribute inputs into one quality output."""
+"""Fusion of image, text and attribute inputs into one quality output, with a selectable fusion head."""
 
 from __future__ import annotations
 
@@ -9,19 +9,24 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from fusion.heads import AttentionHead, ConcatHead, GatedHead, HeadOutput, TransformerHead
+
 # Modality order of `present` columns, Shapley contributions and the missing vectors.
 MODALITIES: tuple[str, str, str] = ("image", "text", "attributes")
 TASKS: tuple[str, str] = ("regression", "binary")
 
 Task = Literal["regression", "binary"]
+FusionHead = Literal["concat", "attention", "gated", "transformer"]
+FUSION_HEADS: tuple[str, ...] = ("concat", "attention", "gated", "transformer")
 
 
 @dataclass
 class FusionConfig:
-    """Architecture of a ConcatFusionModel.
+    """Architecture of a FusionModel.
 
     The output is one value per product: the standardised label for regression, the logit of the
-    positive class for binary classification.
+    positive class for binary classification. A checkpoint written before `head` existed has no
+    `head` field and loads as "concat", the only head at that time.
     """
 
     image_dim: int
@@ -34,11 +39,25 @@ class FusionConfig:
     categorical_embedding_dim: int = 16
     dropout: float = 0.2
     modality_dropout: float = 0.1  # probability per product and modality of marking it missing in training
+    head: FusionHead = "concat"  # how the three modality vectors are fused, see fusion.heads
+    attention_dim: int = 64  # hidden width of the modality scorer of the "attention" head
+    transformer_layers: int = 2  # encoder layers of the "transformer" head
+    transformer_heads: int = 4  # attention heads per layer of the "transformer" head, a divisor of modality_dim
+    transformer_feedforward_dim: int = 256  # feed-forward width of the "transformer" head's layers
+    # Weight of the auxiliary per-modality losses in training, where a linear head per modality
+    # predicts the label from that modality alone. At 0 the model has no auxiliary heads.
+    auxiliary_loss_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"Task {self.task!r} is not supported. Use one of {list(TASKS)}.")
-        for name in ("image_dim", "text_dim", "hidden_dim", "modality_dim", "categorical_embedding_dim"):
+        if self.head not in FUSION_HEADS:
+            raise ValueError(f"Fusion head {self.head!r} is not supported. Use one of {list(FUSION_HEADS)}.")
+        positive = (
+            "image_dim", "text_dim", "hidden_dim", "modality_dim", "categorical_embedding_dim",
+            "attention_dim", "transformer_layers", "transformer_heads", "transformer_feedforward_dim",
+        )
+        for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"FusionConfig.{name} must be at least 1, got {getattr(self, name)}.")
         if self.numeric_dim < 0:
@@ -55,6 +74,15 @@ class FusionConfig:
         for name in ("dropout", "modality_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"FusionConfig.{name} must be in [0, 1), got {getattr(self, name)}.")
+        if self.head == "transformer" and self.modality_dim % self.transformer_heads:
+            raise ValueError(
+                f"FusionConfig.modality_dim ({self.modality_dim}) must be divisible by transformer_heads "
+                f"({self.transformer_heads}) for the transformer head."
+            )
+        if self.auxiliary_loss_weight < 0:
+            raise ValueError(
+                f"FusionConfig.auxiliary_loss_weight must not be negative, got {self.auxiliary_loss_weight}."
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,13 +95,27 @@ class FusionConfig:
         return cls(**{**data, "categorical_cardinalities": list(data.get("categorical_cardinalities", []))})
 
 
-class ConcatFusionModel(nn.Module):
-    """Late fusion by concatenation, with a learned stand-in for each missing modality.
+@dataclass(frozen=True)
+class FusionOutputs:
+    """Everything a FusionModel computes for B products."""
+
+    prediction: torch.Tensor  # (B, 1) standardised label or logit
+    modality_weights: torch.Tensor | None  # (B, 3) softmax weights of the attention and transformer heads
+    modality_gates: torch.Tensor | None  # (B, 3) sigmoid gates of the gated head
+    modality_predictions: torch.Tensor | None  # (B, 3) auxiliary per-modality outputs; None when disabled
+    present: torch.Tensor  # (B, 3) bool: the modalities used, after modality dropout in training
+
+
+class FusionModel(nn.Module):
+    """Late fusion of three modalities with a learned stand-in for each missing modality.
 
     Each modality is projected to `modality_dim` and layer-normalised, so that no modality dominates
-    the concatenation through the scale of its inputs. Where `present[:, m]` is False, modality m's
+    the fusion through the scale of its inputs. Where `present[:, m]` is False, modality m's
     projection is replaced by a learned missing vector, which also defines the model's output for
-    subsets of modalities (used for Shapley contributions).
+    subsets of modalities (used for Shapley contributions). Every head gets the missing vector in
+    place of a missing modality and none masks it out, because with all three modalities missing a
+    mask would leave nothing to predict from, and the empty subset is the Shapley baseline.
+    The fusion head (`config.head`) then turns the (B, 3, D) modality vectors into the output.
     """
 
     def __init__(self, config: FusionConfig) -> None:
@@ -95,12 +137,12 @@ class ConcatFusionModel(nn.Module):
         # mean of the layer-normalised projections.
         self.missing_vectors = nn.Parameter(torch.zeros(len(MODALITIES), d))  # (3, D)
 
-        self.head = nn.Sequential(
-            nn.Linear(len(MODALITIES) * d, config.hidden_dim),
-            nn.GELU(),
-            nn.Dropout(config.dropout),
-            nn.Linear(config.hidden_dim, 1),
-        )
+        self.head = _build_head(config)
+
+        # One linear head per modality, used only for the auxiliary training loss.
+        self.auxiliary_heads: nn.ModuleList | None = None
+        if config.auxiliary_loss_weight > 0:
+            self.auxiliary_heads = nn.ModuleList(nn.Linear(d, 1) for _ in MODALITIES)
 
     def forward(
         self,
@@ -110,6 +152,17 @@ class ConcatFusionModel(nn.Module):
         categorical: torch.Tensor,  # (B, Fc) int64
         present: torch.Tensor,  # (B, 3) bool, columns in MODALITIES order
     ) -> torch.Tensor:  # (B, 1)
+        return self.forward_outputs(image, text, numeric, categorical, present).prediction
+
+    def forward_outputs(
+        self,
+        image: torch.Tensor,  # (B, Di) float32
+        text: torch.Tensor,  # (B, Dt) float32
+        numeric: torch.Tensor,  # (B, Fn) float32
+        categorical: torch.Tensor,  # (B, Fc) int64
+        present: torch.Tensor,  # (B, 3) bool, columns in MODALITIES order
+    ) -> FusionOutputs:
+        """Compute the prediction and, where the head and config have them, the per-modality outputs."""
         self._check_shapes(image, text, numeric, categorical, present)
 
         # Modality dropout: in training, mark random modalities missing so the missing vectors learn
@@ -134,11 +187,26 @@ class ConcatFusionModel(nn.Module):
         # Missing modalities take their learned missing vector.
         projected = torch.stack([image_h, text_h, attributes_h], dim=1)  # (B, 3, D)
         missing = self.missing_vectors.unsqueeze(0).expand_as(projected)  # (B, 3, D)
-        fused = torch.where(present.unsqueeze(-1), projected, missing)  # (B, 3, D)
+        tokens = torch.where(present.unsqueeze(-1), projected, missing)  # (B, 3, D)
 
-        # Concatenate and predict.
-        fused = fused.flatten(start_dim=1)  # (B, 3 * D)
-        return self.head(fused)  # (B, 1)
+        # Fuse and predict.
+        head_output: HeadOutput = self.head(tokens)  # prediction (B, 1)
+
+        # Auxiliary outputs from each modality's own projection. Rows of missing modalities are
+        # meaningless, so the training loss masks them with `present`.
+        modality_predictions = None
+        if self.auxiliary_heads is not None:
+            modality_predictions = torch.cat(
+                [aux(projected[:, m]) for m, aux in enumerate(self.auxiliary_heads)], dim=1
+            )  # (B, 3)
+
+        return FusionOutputs(
+            prediction=head_output.prediction,
+            modality_weights=head_output.modality_weights,
+            modality_gates=head_output.modality_gates,
+            modality_predictions=modality_predictions,
+            present=present,
+        )
 
     def _check_shapes(
         self,
@@ -163,3 +231,32 @@ class ConcatFusionModel(nn.Module):
             raise ValueError(f"Fusion input 'present' has dtype {present.dtype}, expected torch.bool.")
         if categorical.dtype != torch.int64:
             raise ValueError(f"Fusion input 'categorical' has dtype {categorical.dtype}, expected torch.int64.")
+
+
+# The model's name from when concatenation was its only head.
+ConcatFusionModel = FusionModel
+
+
+def _build_head(config: FusionConfig) -> nn.Module:
+    n_modalities = len(MODALITIES)
+    if config.head == "concat":
+        return ConcatHead(
+            modality_dim=config.modality_dim, n_modalities=n_modalities,
+            hidden_dim=config.hidden_dim, dropout=config.dropout,
+        )
+    if config.head == "attention":
+        return AttentionHead(
+            modality_dim=config.modality_dim, attention_dim=config.attention_dim,
+            hidden_dim=config.hidden_dim, dropout=config.dropout,
+        )
+    if config.head == "gated":
+        return GatedHead(
+            modality_dim=config.modality_dim, n_modalities=n_modalities,
+            hidden_dim=config.hidden_dim, dropout=config.dropout,
+        )
+    return TransformerHead(
+        modality_dim=config.modality_dim, n_modalities=n_modalities,
+        layers=config.transformer_layers, heads=config.transformer_heads,
+        feedforward_dim=config.transformer_feedforward_dim, hidden_dim=config.hidden_dim,
+        dropout=config.dropout,
+    )

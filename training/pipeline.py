@@ -19,6 +19,7 @@ import numpy as np
 
 from encoders.image.backbones import DEFAULT_IMAGE_BACKBONE, IMAGE_BACKBONES
 from encoders.text.backbones import DEFAULT_TEXT_BACKBONE, TEXT_BACKBONES
+from fusion.model import FUSION_HEADS, FusionHead
 from training.catalogue import Catalogue, load_catalogue
 from training.report import JobReport, write_report
 from training.spec import builtin_spec_names, load_spec
@@ -58,6 +59,7 @@ class JobOptions:
     epochs: int
     inline_products: int
     progress: bool | None
+    fusion_head: FusionHead = "concat"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="torch device: auto (CUDA when present), cpu, cuda")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, the sample and training")
     parser.add_argument("--epochs", type=int, default=200, help="maximum training epochs (early stopping)")
+    parser.add_argument(
+        "--fusion-head", choices=list(FUSION_HEADS), default="concat",
+        help="how the fusion model combines the image, text and attribute vectors",
+    )
     parser.add_argument(
         "--inline-products", type=int, default=8,
         help="held-out products also scored by inline content, through the encoder services",
@@ -201,6 +207,7 @@ def run_job(options: JobOptions) -> JobReport:
             seed=options.seed,
             epochs=options.epochs,
             device=options.device,
+            fusion_head=options.fusion_head,
         )
 
     write_serving_environment(run_dir / "serve.env", trained.checkpoint_dir, store_settings)

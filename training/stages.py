@@ -20,7 +20,7 @@ from fusion.batch import FusionBatch
 from fusion.checkpoint import CheckpointMetadata, save_checkpoint
 from fusion.inference import FusionInputs, FusionPredictions, FusionPredictor
 from fusion.labels import LabelScaling
-from fusion.model import ConcatFusionModel, FusionConfig
+from fusion.model import FusionConfig, FusionHead, FusionModel
 from pq.v1 import quality_predictor_pb2 as predictor_pb2
 from training.catalogue import Catalogue, DatasetSplit
 from training.embed import embed_images, embed_texts
@@ -174,6 +174,7 @@ def train_and_save(
     seed: int,
     epochs: int,
     device: str,
+    fusion_head: FusionHead = "concat",
 ) -> TrainedModel:
     """Fit the attribute encoder and the fusion model on the training split and save the checkpoint."""
     catalogue = embedded.catalogue
@@ -209,6 +210,7 @@ def train_and_save(
         numeric_dim=attribute_encoder.numeric_dim,
         categorical_cardinalities=attribute_encoder.categorical_cardinalities,
         task=spec.task,
+        head=fusion_head,
     )
     train_config = TrainConfig(epochs=epochs, seed=seed, device=device)
     model, history = train_fusion(labelled(split.train), labelled(split.validation), model_config, train_config)
@@ -243,7 +245,7 @@ def train_and_save(
 
 @torch.inference_mode()
 def _predict_quality(
-    model: ConcatFusionModel, batch: FusionBatch, positions: np.ndarray, scaling: LabelScaling
+    model: FusionModel, batch: FusionBatch, positions: np.ndarray, scaling: LabelScaling
 ) -> np.ndarray:
     outputs = batch.select(torch.from_numpy(positions)).run(model)  # (B,) standardised labels or logits
     return scaling.to_label_units(outputs.double().cpu().numpy())

@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 from fusion.batch import FusionBatch
 from fusion.device import resolve_device
-from fusion.model import ConcatFusionModel, FusionConfig, Task
+from fusion.model import FusionConfig, FusionModel, Task
 
 logger = logging.getLogger(__name__)
 
@@ -103,12 +103,14 @@ def train_fusion(
     validation: LabelledSplit,
     model_config: FusionConfig,
     train_config: TrainConfig,
-) -> tuple[ConcatFusionModel, TrainingHistory]:
-    """Train a ConcatFusionModel and return it with the weights of its best validation epoch.
+) -> tuple[FusionModel, TrainingHistory]:
+    """Train a FusionModel and return it with the weights of its best validation epoch.
 
     The loss is the sample-weighted MSE on standardised labels for regression and the
-    sample-weighted binary cross-entropy on logits for binary classification. The returned model is
-    on the training device, in eval mode.
+    sample-weighted binary cross-entropy on logits for binary classification. With
+    `model_config.auxiliary_loss_weight` above 0, the training loss adds that weight times the loss
+    of the per-modality auxiliary heads; the validation loss and early stopping use the fused
+    prediction only. The returned model is on the training device, in eval mode.
     """
     if model_config.task == "binary":
         _require_binary_targets(train, "training")
@@ -120,7 +122,7 @@ def train_fusion(
     _seed_everything(train_config.seed)
     shuffle_generator = torch.Generator().manual_seed(train_config.seed)
 
-    model = ConcatFusionModel(model_config).to(device)
+    model = FusionModel(model_config).to(device)
     optimizer = _build_optimizer(model, train_config)
     train_features = train.features.to(device)
     train_targets = train.targets.to(device)
@@ -146,9 +148,15 @@ def train_fusion(
             index = order[start : start + train_config.batch_size]
             batch_weights = train_weights[index]  # (b,)
 
-            # 2. Forward pass and weighted loss of the minibatch.
-            outputs = train_features.select(index).run(model)  # (b,)
-            loss = _weighted_loss(model_config.task, outputs, train_targets[index], batch_weights)
+            # 2. Forward pass and weighted loss of the minibatch, plus the auxiliary loss when enabled.
+            outputs = train_features.select(index).run_outputs(model)
+            batch_targets = train_targets[index]  # (b,)
+            loss = _weighted_loss(model_config.task, outputs.prediction.squeeze(-1), batch_targets, batch_weights)
+            if outputs.modality_predictions is not None:
+                auxiliary = _auxiliary_loss(
+                    model_config.task, outputs.modality_predictions, outputs.present, batch_targets, batch_weights
+                )
+                loss = loss + model_config.auxiliary_loss_weight * auxiliary
 
             # 3. Backward pass, gradient clipping and optimiser step.
             optimizer.zero_grad(set_to_none=True)
@@ -195,7 +203,7 @@ def train_fusion(
 
 
 @torch.no_grad()
-def evaluate_loss(model: ConcatFusionModel, split: LabelledSplit, *, batch_size: int = 1024) -> float:
+def evaluate_loss(model: FusionModel, split: LabelledSplit, *, batch_size: int = 1024) -> float:
     """Compute the model's weighted loss on a split in eval mode, then restore the model's previous mode."""
     was_training = model.training
     model.eval()
@@ -223,7 +231,24 @@ def _weighted_loss(task: Task, outputs: torch.Tensor, targets: torch.Tensor, wei
     return (per_row * weights).sum() / weights.sum().clamp_min(1e-12)
 
 
-def _build_optimizer(model: ConcatFusionModel, config: TrainConfig) -> torch.optim.AdamW:
+def _auxiliary_loss(
+    task: Task,
+    predictions: torch.Tensor,  # (b, 3) per-modality outputs
+    present: torch.Tensor,  # (b, 3) bool, after modality dropout
+    targets: torch.Tensor,  # (b,)
+    weights: torch.Tensor,  # (b,)
+) -> torch.Tensor:
+    """Return the weighted mean loss of the per-modality predictions over the modalities present.
+
+    A modality that is missing (or dropped by modality dropout) has no input to predict from, so its
+    rows get weight 0.
+    """
+    expanded_targets = targets.unsqueeze(1).expand_as(predictions)  # (b, 3)
+    expanded_weights = weights.unsqueeze(1) * present.float()  # (b, 3)
+    return _weighted_loss(task, predictions.flatten(), expanded_targets.flatten(), expanded_weights.flatten())
+
+
+def _build_optimizer(model: FusionModel, config: TrainConfig) -> torch.optim.AdamW:
     """Build AdamW with weight decay on Linear weights only.
 
     Biases, LayerNorm parameters, embeddings and the missing vectors are not decayed, because decay

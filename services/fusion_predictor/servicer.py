@@ -195,9 +195,13 @@ class QualityPredictorServicer(predictor_grpc.QualityPredictorServiceServicer):
             ):
                 response.class_probabilities.add(label=label, probability=float(probability))
         for m, modality in enumerate(_MODALITIES):
-            response.contributions.add(
+            contribution = response.contributions.add(
                 modality=modality, contribution=float(predictions.contributions[row, m]), source=sources[m]
             )
+            if predictions.modality_weights is not None:
+                contribution.attention_weight = float(predictions.modality_weights[row, m])
+            if predictions.modality_gates is not None:
+                contribution.gate = float(predictions.modality_gates[row, m])
             if not present[m]:
                 response.missing_modalities.append(modality)
         return response
