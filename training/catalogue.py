@@ -55,6 +55,8 @@ class Catalogue:
     - text columns: str, or None when empty
     - numeric attributes: float64, NaN when missing
     - categorical attributes: str or None
+    - tag attributes: the raw string of separated tags, or None when empty. A tag column that is
+      also a text column has the text's cleaned value, with whitespace runs collapsed.
     - the image column: absolute Path, or None when the product has no image file
     - the label: float64, 0.0/1.0 for a binary task
     - the weight column, if the spec has one: float64
@@ -109,7 +111,7 @@ class Catalogue:
         return [_join_text(list(parts)) for parts in zip(*columns, strict=True)]
 
     def attributes(self) -> pd.DataFrame:
-        """Return the numeric then categorical attribute columns, indexed by product id."""
+        """Return the numeric, categorical and tag attribute columns, indexed by product id."""
         return self.frame[list(self.spec.attribute_columns)]
 
     def attribute_rows(self) -> list[dict[str, float | str | None]]:
@@ -237,6 +239,9 @@ def load_catalogue(
         columns[name] = _numeric(raw[name], spec, csv_path, name)
     for name in spec.categorical_columns:
         columns[name] = _categorical(raw[name], spec, csv_path, name)
+    for name in spec.tag_columns:
+        if name not in columns:  # a text column already holds it
+            columns[name] = raw[name].where(raw[name].ne(""), None).astype(object).reset_index(drop=True)
     columns[spec.image_column] = _image_files(raw[spec.image_column], root, product_ids, spec.image_column)
     columns[spec.label_column] = pd.Series(labels[keep])
     if spec.weight_column is not None:

@@ -8,6 +8,7 @@ the column roles, and `DatasetSpec.check_columns` validates the spec against a c
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ _OPTIONAL_KEYS = (
     "excluded_columns",
     "weight_column",
     "missing_values",
+    "tag_columns",
 )
 _EXCLUSION_KEYS = ("kind", "reason")
 
@@ -67,6 +69,9 @@ class DatasetSpec:
     weight_column: str | None = None  # per-product sample weight, never an input
     # (column, values) pairs: attribute values that mean "unknown" in this catalogue, such as 0 years
     missing_values: tuple[tuple[str, tuple[float | str, ...]], ...] = ()
+    # Multi-valued tag columns, each with the separator between its tags ({"mechanics": "; "}). A tag
+    # column may also be a text column, but no other role.
+    tag_columns: Mapping[str, str] = field(default_factory=dict)
     source: Path | None = field(default=None, compare=False)  # YAML file the spec was read from
 
     @property
@@ -76,13 +81,13 @@ class DatasetSpec:
 
     @property
     def attribute_columns(self) -> tuple[str, ...]:
-        """Numeric then categorical attribute columns."""
-        return self.numeric_columns + self.categorical_columns
+        """Numeric, then categorical, then tag attribute columns."""
+        return self.numeric_columns + self.categorical_columns + tuple(self.tag_columns)
 
     @property
     def input_columns(self) -> tuple[str, ...]:
-        """Every column a model reads: image, texts, numeric and categorical attributes."""
-        return (self.image_column, *self.text_columns, *self.attribute_columns)
+        """Every column a model reads, each once: image, texts, then the attribute columns."""
+        return tuple(dict.fromkeys((self.image_column, *self.text_columns, *self.attribute_columns)))
 
     @property
     def excluded_names(self) -> tuple[str, ...]:
@@ -146,6 +151,7 @@ class DatasetSpec:
             "task": self.task,
             "weight_column": self.weight_column,
             "missing_values": {name: list(values) for name, values in self.missing_values},
+            "tag_columns": dict(self.tag_columns),
             "excluded_columns": {
                 column.name: {"kind": column.kind, "reason": column.reason}
                 for column in self.excluded_columns
@@ -225,6 +231,7 @@ def spec_from_dict(data: Any, *, source: Path | None = None) -> DatasetSpec:
         excluded_columns=_excluded_columns(data.get("excluded_columns"), where),
         weight_column=weight_column,
         missing_values=_missing_values(data.get("missing_values"), where),
+        tag_columns=_tag_columns(data.get("tag_columns"), where),
         source=source,
     )
     _check_roles(spec, where)
@@ -312,6 +319,27 @@ def _missing_values(value: Any, where: str) -> tuple[tuple[str, tuple[float | st
     return tuple(pairs)
 
 
+def _tag_columns(value: Any, where: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise SpecError(
+            f"{where}: tag_columns: expected a mapping of column name to tag separator, "
+            f"got {type(value).__name__}"
+        )
+    columns: dict[str, str] = {}
+    for name, separator in value.items():
+        if not isinstance(name, str) or not name.strip():
+            raise SpecError(f"{where}: tag_columns: expected non-empty column names, got {name!r}")
+        if not isinstance(separator, str) or not separator:
+            raise SpecError(
+                f"{where}: tag_columns.{name}: expected a non-empty separator string such as \"; \", "
+                f"got {separator!r}"
+            )
+        columns[name] = separator
+    return columns
+
+
 def _check_roles(spec: DatasetSpec, where: str) -> None:
     """Raise SpecError when one column has two roles or an excluded column is an input."""
     roles: dict[str, list[str]] = {}
@@ -327,6 +355,10 @@ def _check_roles(spec: DatasetSpec, where: str) -> None:
         assign(column, "numeric_columns")
     for column in spec.categorical_columns:
         assign(column, "categorical_columns")
+    for column in spec.tag_columns:
+        # A tag column may also be a text column: its raw string is then both text and tags.
+        if column not in spec.text_columns:
+            assign(column, "tag_columns")
     assign(spec.label_column, "label_column")
     if spec.weight_column is not None:
         assign(spec.weight_column, "weight_column")
@@ -341,8 +373,18 @@ def _check_roles(spec: DatasetSpec, where: str) -> None:
             "Only numeric columns can be log-scaled"
         )
 
+    for name, separator in spec.tag_columns.items():
+        # The catalogue collapses whitespace runs in text to one space, so such a separator would
+        # no longer match in a column that is also text.
+        if name in spec.text_columns and (re.search(r"[^\S ]", separator) or "  " in separator):
+            raise SpecError(
+                f"{where}: tag_columns.{name}: the column is also a text column, whose whitespace "
+                f"runs collapse to one space, so its separator {separator!r} may contain single "
+                "spaces but no tabs, newlines or repeated spaces"
+            )
+
     for name, values in spec.missing_values:
-        if name not in spec.attribute_columns:
+        if name not in spec.numeric_columns + spec.categorical_columns:
             raise SpecError(
                 f"{where}: missing_values.{name}: only numeric and categorical columns can have "
                 "missing-value markers"

@@ -119,11 +119,15 @@ def compute_embeddings(
 
 
 def feature_schema(embedded: EmbeddedCatalogue) -> FeatureSchema:
-    """Return the feature schema of the catalogue's attributes and encoders."""
+    """Return the feature schema of the catalogue's attributes and encoders.
+
+    Tag columns are stored and sent as strings, like categorical columns, and the attribute
+    encoder splits them into tags.
+    """
     spec = embedded.catalogue.spec
     return FeatureSchema(
         numeric_attributes=list(spec.numeric_columns),
-        categorical_attributes=list(spec.categorical_columns),
+        categorical_attributes=[*spec.categorical_columns, *spec.tag_columns],
         image_model_id=embedded.image_model_id,
         text_model_id=embedded.text_model_id,
         image_embedding_dim=int(embedded.image_vectors.shape[1]),
@@ -186,6 +190,7 @@ def train_and_save(
         numeric=list(spec.numeric_columns),
         categorical=list(spec.categorical_columns),
         log_scale=list(spec.log_scale_columns),
+        tags=spec.tag_columns,
     ).fit(catalogue.attributes().iloc[split.train])
 
     # Step 2: model inputs for every product, built exactly as the predictor builds them at serving.

@@ -186,3 +186,133 @@ def test_is_missing_value_cases():
     assert is_missing_value(" ")
     assert not is_missing_value(0.0)
     assert not is_missing_value("a")
+
+
+def _tag_frame() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "price": [10.0, 20.0, 30.0, 40.0, 50.0],
+            "mechanics": [
+                "Dice Rolling; Hand Management",
+                "Hand Management;Worker Placement",
+                " Hand Management ; dice rolling; Hand Management",
+                None,
+                "Dice Rolling; Solo",
+            ],
+        }
+    )
+
+
+def _tag_encoder(**options: int) -> AttributeEncoder:
+    return AttributeEncoder(["price"], [], tags={"mechanics": ";"}, **options).fit(_tag_frame())
+
+
+def test_tag_vocabulary_by_frequency():
+    encoder = _tag_encoder(min_count=2)
+
+    # Hand Management is in 3 rows (twice in one), Dice Rolling in 2; case is kept, so
+    # "dice rolling", Worker Placement and Solo appear once each and stay out.
+    assert encoder.tag_vocabularies["mechanics"] == ["Hand Management", "Dice Rolling"]
+    assert encoder.columns == ["price", "mechanics"]
+    # price value and indicator, then 2 tag slots, the other-tags count and the missing indicator.
+    assert encoder.numeric_dim == 2 + 2 + 2
+
+
+def test_tag_multi_hot_rows():
+    encoder = _tag_encoder(min_count=2)
+    rows = [
+        {"price": 10.0, "mechanics": "Dice Rolling; Hand Management"},
+        {"price": 10.0, "mechanics": "Hand Management; Hand Management; Trading; Voting"},
+        {"price": 10.0, "mechanics": " ; "},
+        {"price": 10.0},
+        {"mechanics": "Dice Rolling"},
+    ]
+    encoded = encoder.transform(rows)
+    tags = encoded.numeric[:, 2:]  # (N, 4): Hand Management, Dice Rolling, log1p(other count), missing
+
+    np.testing.assert_array_equal(tags[0], [1.0, 1.0, 0.0, 0.0])
+    np.testing.assert_allclose(tags[1], [1.0, 0.0, np.log1p(2.0), 0.0], rtol=1e-6)
+    np.testing.assert_array_equal(tags[2], [0.0, 0.0, 0.0, 1.0])
+    np.testing.assert_array_equal(tags[3], [0.0, 0.0, 0.0, 1.0])
+    np.testing.assert_array_equal(tags[4], [0.0, 1.0, 0.0, 0.0])
+    assert encoded.any_present.tolist() == [True, True, True, True, True]
+    assert encoder.transform([{"mechanics": ";"}]).any_present.tolist() == [False]
+
+
+def test_tag_rows_match_frame_path():
+    encoder = _tag_encoder(min_count=1)
+    frame = _tag_frame()
+    rows = frame.to_dict(orient="records")
+
+    np.testing.assert_array_equal(encoder.transform(rows).numeric, encoder.transform_frame(frame).numeric)
+
+
+def test_tag_vocabulary_cap():
+    encoder = _tag_encoder(min_count=1, max_tag_vocabulary=2)
+
+    assert encoder.tag_vocabularies["mechanics"] == ["Hand Management", "Dice Rolling"]
+    encoded = encoder.transform([{"mechanics": "Solo; Worker Placement; Hand Management"}])
+    np.testing.assert_allclose(encoded.numeric[0, 2:], [1.0, 0.0, np.log1p(2.0), 0.0], rtol=1e-6)
+
+
+def test_tag_dict_round_trip():
+    encoder = _tag_encoder(min_count=1, max_tag_vocabulary=3)
+    data = json.loads(json.dumps(encoder.to_dict()))
+    restored = AttributeEncoder.from_dict(data)
+
+    assert data["tags"] == {"mechanics": ";"}
+    assert restored.tags == {"mechanics": ";"}
+    assert restored.max_tag_vocabulary == 3
+    assert restored.tag_vocabularies == encoder.tag_vocabularies
+    assert restored.numeric_dim == encoder.numeric_dim
+    np.testing.assert_array_equal(
+        restored.transform_frame(_tag_frame()).numeric, encoder.transform_frame(_tag_frame()).numeric
+    )
+
+
+def test_version_1_dict_loads():
+    encoder = _fitted()
+    data = encoder.to_dict()
+    for key in ("tags", "max_tag_vocabulary", "tag_vocabularies"):
+        del data[key]
+    data["format_version"] = 1
+
+    restored = AttributeEncoder.from_dict(data)
+
+    assert restored.tags == {}
+    assert restored.numeric_dim == 4
+    np.testing.assert_array_equal(
+        restored.transform_frame(_training_frame()).numeric, encoder.transform_frame(_training_frame()).numeric
+    )
+
+
+def test_unsupported_format_version():
+    data = _fitted().to_dict()
+    data["format_version"] = 99
+    with pytest.raises(AttributeEncodingError, match="format version 99"):
+        AttributeEncoder.from_dict(data)
+
+
+def test_tag_encoder_invalid_options():
+    with pytest.raises(AttributeEncodingError, match="more than once"):
+        AttributeEncoder(["price"], ["mechanics"], tags={"mechanics": ";"})
+    with pytest.raises(AttributeEncodingError, match="no separator"):
+        AttributeEncoder(["price"], [], tags={"mechanics": ""})
+    with pytest.raises(AttributeEncodingError, match="max_tag_vocabulary"):
+        AttributeEncoder(["price"], [], tags={"mechanics": ";"}, max_tag_vocabulary=0)
+
+
+def test_tag_numeric_dim_needs_fit():
+    with pytest.raises(AttributeEncodingError, match="not fitted"):
+        _ = AttributeEncoder(["price"], [], tags={"mechanics": ";"}).numeric_dim
+
+
+def test_many_unknown_tags_stay_bounded():
+    encoder = _tag_encoder(min_count=1)
+    many = "; ".join(f"Unknown {index}" for index in range(10_000))
+
+    encoded = encoder.transform([{"mechanics": many}])
+
+    other_count = encoded.numeric[0, 2 + len(encoder.tag_vocabularies["mechanics"])]
+    assert other_count == pytest.approx(np.log1p(10_000), rel=1e-6)
+    assert other_count < 10.0

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fusion.attributes import AttributeEncoder
 from training.catalogue import (
     INDEX_NAME,
     PRODUCTS_FILE,
@@ -32,6 +33,7 @@ HEADER = [
     "quality",
     "reviews",
     "image_path",
+    "keywords",
 ]
 
 
@@ -231,6 +233,24 @@ def test_catalogue_attribute_rows(tmp_path: Path) -> None:
     assert list(catalogue.attributes().columns) == ["price", "stars", "category"]
 
 
+def test_catalogue_tag_columns(tmp_path: Path) -> None:
+    rows = [
+        {"product_id": "a", "title": "A", "quality": "1", "keywords": " red; round ", "description": "Big; Bold"},
+        {"product_id": "b", "title": "B", "quality": "1", "keywords": "  "},
+    ]
+    spec = tiny_spec(tag_columns={"keywords": "; ", "description": "; "})
+    catalogue = load_catalogue(write_catalogue(tmp_path, rows), spec)
+
+    assert list(catalogue.attributes().columns) == ["price", "stars", "category", "keywords", "description"]
+    rows_out = catalogue.attribute_rows()
+    assert rows_out[0]["keywords"] == "red; round"
+    assert rows_out[0]["description"] == "Big; Bold"
+    assert rows_out[1]["keywords"] is None
+    assert rows_out[1]["description"] is None
+    # The description stays in the text as well.
+    assert catalogue.text("a") == "A\nBig; Bold"
+
+
 def test_catalogue_weights(tmp_path: Path) -> None:
     rows = [{"product_id": "a", "title": "A", "quality": "1", "reviews": "250"}]
     catalogue = load_catalogue(write_catalogue(tmp_path, rows), tiny_spec())
@@ -342,6 +362,28 @@ def test_boardgames_catalogue() -> None:
     assert catalogue.labels.min() >= 1.0
     assert catalogue.labels.max() <= 10.0
     assert catalogue.text(catalogue.product_ids[0]).startswith(catalogue.frame["title"].iloc[0] + "\n")
+
+
+def test_boardgames_mechanics_encoded() -> None:
+    root = real_root("boardgames")
+    spec = load_spec("boardgames")
+    catalogue = load_catalogue(root, spec, limit=400, seed=0)
+
+    attributes = catalogue.attributes()
+    assert "mechanics" in attributes.columns
+    encoder = AttributeEncoder(
+        spec.numeric_columns, spec.categorical_columns, spec.log_scale_columns, tags=spec.tag_columns
+    ).fit(attributes)
+    vocabulary = encoder.tag_vocabularies["mechanics"]
+    assert "Hand Management" in vocabulary[:5]
+    assert all("; " not in tag and tag == tag.strip() for tag in vocabulary)
+
+    encoded = encoder.transform(catalogue.attribute_rows())
+    start = 2 * len(spec.numeric_columns)
+    block = encoded.numeric[:, start : start + len(vocabulary)]  # (N, V) multi-hot
+    first = catalogue.frame["mechanics"].iloc[0]
+    expected = {tag for tag in first.split("; ") if tag in vocabulary} if first else set()
+    assert {vocabulary[i] for i in np.flatnonzero(block[0])} == expected
 
 
 @pytest.mark.slow

@@ -256,3 +256,52 @@ def test_real_spec_matches_csv(name: str) -> None:
     if not csv_path.is_file():
         pytest.skip(f"{csv_path} not found. Set PQ_DATASETS_DIR to the folder that contains {name}/")
     load_spec(name).check_csv(csv_path)
+
+
+def test_spec_tag_columns(tmp_path: Path) -> None:
+    data = changed(text_columns=["title", "description", "keywords"], tag_columns={"keywords": ", "})
+    spec = load_spec(write_spec(tmp_path, data))
+    assert spec.tag_columns == {"keywords": ", "}
+    assert spec.attribute_columns == ("price", "category", "keywords")
+    assert spec.input_columns == ("image_path", "title", "description", "keywords", "price", "category")
+    assert spec_from_dict(spec.to_dict()) == spec
+
+
+def test_spec_tag_column_not_text(tmp_path: Path) -> None:
+    spec = load_spec(write_spec(tmp_path, changed(tag_columns={"keywords": "|"})))
+    assert spec.tag_columns == {"keywords": "|"}
+    assert spec.input_columns[-1] == "keywords"
+    assert "keywords" in spec.required_columns
+
+
+def test_spec_tag_columns_default_empty(tmp_path: Path) -> None:
+    assert load_spec(write_spec(tmp_path, VALID)).tag_columns == {}
+
+
+@pytest.mark.parametrize(
+    ("tag_columns", "message"),
+    [
+        (["keywords"], "tag_columns: expected a mapping"),
+        ({"keywords": ""}, "tag_columns.keywords: expected a non-empty separator"),
+        ({"keywords": 3}, "tag_columns.keywords: expected a non-empty separator"),
+        ({"category": "; "}, r"category \(categorical_columns and tag_columns\)"),
+        ({"price": "; "}, r"price \(numeric_columns and tag_columns\)"),
+        ({"quality": "; "}, r"quality \(tag_columns and label_column\)"),
+        ({"returns": "; "}, "excluded_columns.returns: .* also listed in tag_columns"),
+        ({"description": "\t"}, "tag_columns.description: the column is also a text column"),
+        ({"description": ";  "}, "tag_columns.description: the column is also a text column"),
+    ],
+)
+def test_spec_invalid_tag_columns(tmp_path: Path, tag_columns: object, message: str) -> None:
+    path = write_spec(tmp_path, changed(tag_columns=tag_columns))
+    with pytest.raises(SpecError, match=message) as error:
+        load_spec(path)
+    assert str(path) in str(error.value)
+
+
+def test_boardgames_mechanics_tags() -> None:
+    spec = load_spec("boardgames")
+    assert spec.tag_columns == {"mechanics": "; "}
+    assert "mechanics" in spec.text_columns
+    assert spec.attribute_columns[-1] == "mechanics"
+    assert spec.input_columns.count("mechanics") == 1
