@@ -1,4 +1,4 @@
-"""Cross-validated comparison of baselines and tree heads on one run's stored features.
+"""Cross-validated comparison of baselines, tree heads and fusion heads on one run's stored features.
 
     python -m training.experiment --run-dir runs/boardgames-full-2 --folds 5 --repeats 1 --out DIR
 
@@ -33,6 +33,7 @@ from training.cv import Fold, make_folds
 from training.experiment_data import ExperimentData, load_experiment_data
 from training.experiment_report import write_report
 from training.metrics import classification_metrics, regression_metrics
+from training.neural_heads import FusionHeadModel
 from training.tree_heads import CatBoostHead, LightGBMHead, stack_out_of_fold
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,10 @@ MODELS: dict[str, Callable[[int], ExperimentModel]] = {
     "lightgbm_baseline": lambda seed: LightGBMOnAttributesTfidf(seed=seed),
     "lightgbm_head": lambda seed: LightGBMHead(seed=seed),
     "catboost_head": lambda seed: CatBoostHead(seed=seed),
+    "fusion_concat": lambda seed: FusionHeadModel("concat", seed=seed),
+    "fusion_attention": lambda seed: FusionHeadModel("attention", seed=seed),
+    "fusion_gated": lambda seed: FusionHeadModel("gated", seed=seed),
+    "fusion_transformer": lambda seed: FusionHeadModel("transformer", seed=seed),
 }
 STACK_NAME = "stack"  # ridge on the out-of-fold predictions of every other model evaluated
 BASELINE_NAME = "lightgbm_baseline"
