@@ -6,6 +6,7 @@ import logging
 import signal
 import threading
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 from concurrent import futures
 from types import FrameType
 
@@ -14,8 +15,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common.interceptor import ErrorInterceptor
+from services.common.settings import SettingsError
 
 logger = logging.getLogger(__name__)
+
+SettingsT = TypeVar("SettingsT")
 
 
 class ServiceServer:
@@ -132,3 +136,13 @@ def configure_logging(level: str = "INFO") -> None:
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+
+
+def load_settings_or_exit(load: Callable[[], SettingsT], name: str) -> SettingsT:
+    """Return `load()`; on invalid settings log why and exit with status 2, before any model loads."""
+    try:
+        return load()
+    except SettingsError as error:
+        configure_logging("INFO")
+        logger.error("%s not started: %s", name, error)
+        raise SystemExit(2) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import TypeVar
 
 import grpc
 
@@ -13,7 +14,13 @@ from features.schema import FeatureSchema
 from fusion.checkpoint import CheckpointError
 from fusion.inference import FusionPredictor
 from pq.v1 import quality_predictor_pb2_grpc as predictor_grpc
-from services.common.server import ServiceServer, build_server, configure_logging, run_until_signalled
+from services.common.server import (
+    ServiceServer,
+    build_server,
+    configure_logging,
+    load_settings_or_exit,
+    run_until_signalled,
+)
 from services.common.settings import SettingsError
 from services.fusion_predictor.encoder_clients import ImageEncoderClient, TextEncoderClient
 from services.fusion_predictor.servicer import SERVICE_NAME, EncoderClients, QualityPredictorServicer
@@ -21,6 +28,8 @@ from services.fusion_predictor.settings import PredictorSettings
 from services.fusion_predictor.write_back import EmbeddingWriteBack
 
 logger = logging.getLogger(__name__)
+
+ClientT = TypeVar("ClientT", ImageEncoderClient, TextEncoderClient)
 
 
 def load_predictor(settings: PredictorSettings) -> FusionPredictor:
@@ -96,29 +105,13 @@ def create_server(
         owned.append(writer)
 
     encoders = EncoderClients(
-        image=(
-            ImageEncoderClient(
-                settings.image_encoder_address,
-                expected_model_id=schema.image_model_id,
-                expected_dim=schema.image_embedding_dim,
-                timeout_s=settings.encoder_timeout_s,
-                max_items_per_call=settings.encoder_batch_size,
-                max_message_bytes=settings.max_message_bytes,
-            )
-            if settings.image_encoder_address
-            else None
+        image=_encoder_client(
+            ImageEncoderClient, settings.image_encoder_address, schema.image_model_id,
+            schema.image_embedding_dim, settings,
         ),
-        text=(
-            TextEncoderClient(
-                settings.text_encoder_address,
-                expected_model_id=schema.text_model_id,
-                expected_dim=schema.text_embedding_dim,
-                timeout_s=settings.encoder_timeout_s,
-                max_items_per_call=settings.encoder_batch_size,
-                max_message_bytes=settings.max_message_bytes,
-            )
-            if settings.text_encoder_address
-            else None
+        text=_encoder_client(
+            TextEncoderClient, settings.text_encoder_address, schema.text_model_id,
+            schema.text_embedding_dim, settings,
         ),
     )
     servicer = QualityPredictorServicer(
@@ -151,6 +144,22 @@ def create_server(
     return service, service.port
 
 
+def _encoder_client(
+    client_class: type[ClientT], address: str, model_id: str, dim: int, settings: PredictorSettings
+) -> ClientT | None:
+    """Return a client of the encoder at `address`, or None when no address is configured."""
+    if not address:
+        return None
+    return client_class(
+        address,
+        expected_model_id=model_id,
+        expected_dim=dim,
+        timeout_s=settings.encoder_timeout_s,
+        max_items_per_call=settings.encoder_batch_size,
+        max_message_bytes=settings.max_message_bytes,
+    )
+
+
 def describe(predictor: FusionPredictor, settings: PredictorSettings, store: FeatureStoreSettings) -> str:
     """Name the service, its model, its store and its encoders for log lines."""
     return (
@@ -168,13 +177,8 @@ def serve() -> None:
     Exits with status 2 on invalid settings or an unusable checkpoint, and 1 when the store cannot
     be opened or the address cannot be bound, after logging why.
     """
-    try:
-        settings = PredictorSettings.from_env()
-        store_settings = FeatureStoreSettings.from_env()
-    except SettingsError as error:
-        configure_logging("INFO")
-        logger.error("fusion predictor not started: %s", error)
-        raise SystemExit(2) from None
+    settings = load_settings_or_exit(PredictorSettings.from_env, "fusion predictor")
+    store_settings = load_settings_or_exit(FeatureStoreSettings.from_env, "fusion predictor")
     configure_logging(settings.log_level)
 
     try:

@@ -19,8 +19,13 @@ from encoders.image import (
 from pq.v1 import image_encoder_pb2, image_encoder_pb2_grpc
 from services.common.embedding_codec import to_message
 from services.common.errors import InvalidArgumentError
-from services.common.server import ServiceServer, build_server, configure_logging, run_until_signalled
-from services.common.settings import SettingsError
+from services.common.server import (
+    ServiceServer,
+    build_server,
+    configure_logging,
+    load_settings_or_exit,
+    run_until_signalled,
+)
 from services.image_encoder.settings import ImageEncoderSettings
 
 logger = logging.getLogger(__name__)
@@ -133,12 +138,7 @@ def serve() -> None:
     Exits with status 2 on invalid settings and 1 when the model cannot be loaded or the address
     cannot be bound, after logging why.
     """
-    try:
-        settings = ImageEncoderSettings.from_env()
-    except SettingsError as error:
-        configure_logging("INFO")
-        logger.error("image encoder not started: %s", error)
-        raise SystemExit(2) from None
+    settings = load_settings_or_exit(ImageEncoderSettings.from_env, "image encoder")
     configure_logging(settings.log_level)
 
     try:

@@ -13,8 +13,13 @@ from encoders.text import BackboneUnavailableError, TextEncoder, load_text_encod
 from pq.v1 import text_encoder_pb2, text_encoder_pb2_grpc
 from services.common.embedding_codec import to_message
 from services.common.errors import InvalidArgumentError
-from services.common.server import ServiceServer, build_server, configure_logging, run_until_signalled
-from services.common.settings import SettingsError
+from services.common.server import (
+    ServiceServer,
+    build_server,
+    configure_logging,
+    load_settings_or_exit,
+    run_until_signalled,
+)
 from services.text_encoder.settings import TextEncoderSettings
 
 logger = logging.getLogger(__name__)
@@ -132,12 +137,7 @@ def serve() -> None:
     Exits with status 2 on invalid settings and 1 when the model cannot be loaded or the address
     cannot be bound, after logging why.
     """
-    try:
-        settings = TextEncoderSettings.from_env()
-    except SettingsError as error:
-        configure_logging("INFO")
-        logger.error("text encoder not started: %s", error)
-        raise SystemExit(2) from None
+    settings = load_settings_or_exit(TextEncoderSettings.from_env, "text encoder")
     configure_logging(settings.log_level)
     # A service logs lines, not the progress bar transformers draws while loading weights.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
