@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the project into .venv (first run only) and run the main job; options go to the job:
+# Install the project into .venv (first run only), then run the main job with these options:
 #   ./run.sh                                   generated sample catalogue, embedded SQLite store
 #   ./run.sh --catalogue ../shared/datasets/boardgames --online-store redis
 #   ./run.sh --help

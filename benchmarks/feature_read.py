@@ -1,8 +1,8 @@
 """Benchmark online feature reads: the Redis fast path against the Feast SDK, side by side.
 
 Writes synthetic features of real sizes (1280-d image and 384-d text embeddings, 6 attributes) for
-`--products` products into Redis under a Feast project of its own, then reads batches of 1 and 64
-products through both readers in alternation and prints the median latency of each and their ratio.
+`--products` products into Redis, under a Feast project of its own. Then it reads batches of 1 and
+64 products through both readers in alternation and prints each median latency and their ratio.
 The project's keys are deleted at the end.
 
     .venv/bin/python benchmarks/feature_read.py [--redis 127.0.0.1:6379] [--reads 300]

@@ -240,7 +240,7 @@ def load_catalogue(
     for name in spec.categorical_columns:
         columns[name] = _categorical(raw[name], spec, csv_path, name)
     for name in spec.tag_columns:
-        if name not in columns:  # a text column already holds it
+        if name not in columns:  # the column is also a text column, read above
             columns[name] = raw[name].where(raw[name].ne(""), None).astype(object).reset_index(drop=True)
     columns[spec.image_column] = _image_files(raw[spec.image_column], root, product_ids, spec.image_column)
     columns[spec.label_column] = pd.Series(labels[keep])

@@ -1,7 +1,7 @@
 """The main job: catalogue -> embeddings -> Feast features -> fusion model -> served predictions.
 
 Run it with `python -m training.pipeline` (or `./run.sh`). With no options it generates a small
-sample catalogue and uses the embedded SQLite online store; `--catalogue DIR --online-store redis`
+sample catalogue and uses the embedded SQLite online store. `--catalogue DIR --online-store redis`
 runs the same stages on a real catalogue with Redis. See `--help`.
 """
 
@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the built-in spec named like the catalogue folder, or 'sample')",
     )
     parser.add_argument("--limit", type=int, default=None, help="use a random subset of this many products")
+
     parser.add_argument(
         "--online-store", choices=["sqlite", "redis"], default="sqlite",
         help="Feast online store: sqlite is embedded and needs no server",
@@ -93,8 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--feast-project", default=None,
         help="Feast project name, which scopes the Redis keys (default: pq_<dataset name>)",
     )
+
     parser.add_argument("--runs-dir", type=Path, default=REPO_ROOT / "runs", help="parent folder of run folders")
     parser.add_argument("--run-name", default=None, help="run folder name (default: <dataset>-<UTC time>)")
+
     parser.add_argument(
         "--image-backbone", default=DEFAULT_IMAGE_BACKBONE, choices=sorted(IMAGE_BACKBONES),
         help="image encoder backbone",
@@ -104,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="text encoder backbone",
     )
     parser.add_argument("--device", default="auto", help="torch device: auto (CUDA when present), cpu, cuda")
+
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, the sample and training")
     parser.add_argument("--epochs", type=int, default=200, help="maximum training epochs (early stopping)")
     parser.add_argument(

@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 
 class ServiceStartError(RuntimeError):
-    """A service process exited or did not become healthy in time; the message holds its log tail."""
+    """A service process exited or did not become healthy in time; the message ends with its log tail."""
 
 
 @dataclass

@@ -334,9 +334,9 @@ def score_through_services(
 ) -> ServedScores:
     """Start the three services, score the test products through the predictor, then stop them.
 
-    Every test product is scored by product id (features from the online store); the first
-    `inline_products` of them are also scored by inline content only, so the predictor calls the
-    encoder services.
+    Every test product is scored by product id, so its features come from the online store. The
+    first `inline_products` of them are also scored by inline content only, so the predictor calls
+    the encoder services.
     """
     environment = {
         **serving_environment(checkpoint_dir, store_settings),

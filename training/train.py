@@ -109,7 +109,7 @@ def train_fusion(
     The loss is the sample-weighted MSE on standardised labels for regression and the
     sample-weighted binary cross-entropy on logits for binary classification. With
     `model_config.auxiliary_loss_weight` above 0, the training loss adds that weight times the loss
-    of the per-modality auxiliary heads; the validation loss and early stopping use the fused
+    of the per-modality auxiliary heads. The validation loss and early stopping use the fused
     prediction only. The returned model is on the training device, in eval mode.
     """
     if model_config.task == "binary":

@@ -95,7 +95,7 @@ class TextEncoder:
 
         # Tokenising costs about 1 s per MB of text, so texts far beyond what the model can see are
         # cut first. A WordPiece token covers at most 100 characters of a word (longer words become
-        # one [UNK]), so `max_characters` holds more than max_tokens tokens of any ordinary text,
+        # one [UNK]), so `max_characters` covers more than max_tokens tokens of any ordinary text,
         # and a cut text is reported as truncated.
         max_characters = _CHARACTERS_PER_TOKEN * self.max_tokens
         cut = np.array([len(text) > max_characters for text in texts], dtype=bool)
