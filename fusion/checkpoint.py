@@ -17,7 +17,7 @@ import logging
 import math
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT_VERSION = 1
 METADATA_FILE = "checkpoint.json"
+NEURAL_MODEL_KIND = "neural"  # checkpoint.json's model_kind; files without one are neural
 SAFETENSORS_WEIGHTS_FILE = "weights.safetensors"
 TORCH_WEIGHTS_FILE = "weights.pt"
 
@@ -108,23 +109,12 @@ def save_checkpoint(
     """
     directory = Path(directory)
     _check_consistent(model.config, attribute_encoder, metadata)
-    if directory.exists() and any(directory.iterdir()) and not overwrite:
-        raise CheckpointError(
-            f"Checkpoint directory {directory} already exists and is not empty. Choose a new directory "
-            "or pass overwrite=True."
-        )
-    directory.parent.mkdir(parents=True, exist_ok=True)
-
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    # mkdtemp creates the folder readable by its owner only; serving containers run as another user.
-    staging.chmod(0o755)
-    try:
+    def write(staging: Path) -> None:
         weights_file, weights_format = _write_weights(staging, model)
         document = {
             "format_version": CHECKPOINT_FORMAT_VERSION,
-            "model_version": metadata.model_version,
-            "created_at": metadata.created_at,
-            "task": metadata.task,
+            "model_kind": NEURAL_MODEL_KIND,
+            **metadata_document(metadata),
             "label": {
                 "name": metadata.label_name,
                 "mean": metadata.label_scaling.mean,
@@ -133,27 +123,15 @@ def save_checkpoint(
             },
             "model_config": model.config.to_dict(),
             "attribute_encoder": attribute_encoder.to_dict(),
-            "feature_schema": metadata.feature_schema,
-            "encoders": {"image_model_id": metadata.image_model_id, "text_model_id": metadata.text_model_id},
-            "metrics": metadata.metrics,
-            "training_config": metadata.training_config,
-            "seed": metadata.seed,
             "weights": {
                 "file": weights_file.name,
                 "format": weights_format,
-                "sha256": _sha256(weights_file),
+                "sha256": file_sha256(weights_file),
             },
         }
-        text = json.dumps(_replace_non_finite(document), indent=2, sort_keys=False, allow_nan=False)
-        (staging / METADATA_FILE).write_text(text + "\n", encoding="utf-8")
+        write_metadata_file(staging, document)
 
-        if directory.exists():
-            shutil.rmtree(directory)
-        staging.rename(directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
+    write_directory_atomically(directory, write, overwrite=overwrite)
     logger.info("Saved fusion checkpoint %s (model version %s)", directory, metadata.model_version)
     return directory
 
@@ -176,6 +154,12 @@ def load_checkpoint(directory: Path | str, *, device: torch.device | str = "cpu"
     except (OSError, json.JSONDecodeError) as error:
         raise CheckpointError(f"Cannot read {metadata_path}: {error}.") from error
 
+    kind = document.get("model_kind", NEURAL_MODEL_KIND)
+    if kind != NEURAL_MODEL_KIND:
+        raise CheckpointError(
+            f"Checkpoint {directory} holds a {kind!r} model, not a neural fusion model. Load it with "
+            "fusion.loading.load_predictor, which reads every model kind."
+        )
     version = document.get("format_version")
     if version != CHECKPOINT_FORMAT_VERSION:
         raise CheckpointError(
@@ -187,19 +171,8 @@ def load_checkpoint(directory: Path | str, *, device: torch.device | str = "cpu"
         config = FusionConfig.from_dict(document["model_config"])
         attribute_encoder = AttributeEncoder.from_dict(document["attribute_encoder"])
         label = document["label"]
-        metadata = CheckpointMetadata(
-            model_version=document["model_version"],
-            label_name=label["name"],
-            label_scaling=LabelScaling(task=document["task"], mean=label["mean"], std=label["std"]),
-            feature_schema=document["feature_schema"],
-            image_model_id=document["encoders"]["image_model_id"],
-            text_model_id=document["encoders"]["text_model_id"],
-            class_labels=list(label["class_labels"]),
-            metrics=document.get("metrics") or {},
-            training_config=document.get("training_config") or {},
-            seed=document.get("seed"),
-            created_at=document["created_at"],
-        )
+        scaling = LabelScaling(task=document["task"], mean=label["mean"], std=label["std"])
+        metadata = metadata_from_document(document, scaling)
         weights_record = document["weights"]
     except KeyError as error:
         raise CheckpointError(f"{metadata_path} is incomplete because the field {error} is missing.") from error
@@ -210,7 +183,7 @@ def load_checkpoint(directory: Path | str, *, device: torch.device | str = "cpu"
     weights_path = directory / weights_record["file"]
     if not weights_path.is_file():
         raise CheckpointError(f"Checkpoint weights file {weights_path} is missing.")
-    actual_sha256 = _sha256(weights_path)
+    actual_sha256 = file_sha256(weights_path)
     if actual_sha256 != weights_record["sha256"]:
         raise CheckpointIntegrityError(
             f"Checkpoint weights file {weights_path} has sha256 {actual_sha256}, but {METADATA_FILE} records "
@@ -234,6 +207,68 @@ def load_checkpoint(directory: Path | str, *, device: torch.device | str = "cpu"
         metadata=metadata,
         directory=directory,
         weights_sha256=actual_sha256,
+    )
+
+
+def write_directory_atomically(directory: Path, write: Callable[[Path], None], *, overwrite: bool) -> None:
+    """Call `write` on a temporary sibling folder, then rename it to `directory`.
+
+    A reader never sees a half-written checkpoint. An existing non-empty `directory` raises
+    CheckpointError unless `overwrite` is True.
+    """
+    if directory.exists() and any(directory.iterdir()) and not overwrite:
+        raise CheckpointError(
+            f"Checkpoint directory {directory} already exists and is not empty. Choose a new directory "
+            "or pass overwrite=True."
+        )
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    # mkdtemp creates the folder readable by its owner only; serving containers run as another user.
+    staging.chmod(0o755)
+    try:
+        write(staging)
+        if directory.exists():
+            shutil.rmtree(directory)
+        staging.rename(directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def metadata_document(metadata: CheckpointMetadata) -> dict[str, Any]:
+    """Return the checkpoint.json fields shared by every model kind, label and model settings aside."""
+    return {
+        "model_version": metadata.model_version,
+        "created_at": metadata.created_at,
+        "task": metadata.task,
+        "feature_schema": metadata.feature_schema,
+        "encoders": {"image_model_id": metadata.image_model_id, "text_model_id": metadata.text_model_id},
+        "metrics": metadata.metrics,
+        "training_config": metadata.training_config,
+        "seed": metadata.seed,
+    }
+
+
+def write_metadata_file(directory: Path, document: Mapping[str, Any]) -> None:
+    """Write checkpoint.json, with NaN and infinite floats as null."""
+    text = json.dumps(json_safe(document), indent=2, sort_keys=False, allow_nan=False)
+    (directory / METADATA_FILE).write_text(text + "\n", encoding="utf-8")
+
+
+def metadata_from_document(document: Mapping[str, Any], label_scaling: LabelScaling) -> CheckpointMetadata:
+    """Return the CheckpointMetadata of a parsed checkpoint.json; raises KeyError for a missing field."""
+    return CheckpointMetadata(
+        model_version=document["model_version"],
+        label_name=document["label"]["name"],
+        label_scaling=label_scaling,
+        feature_schema=document["feature_schema"],
+        image_model_id=document["encoders"]["image_model_id"],
+        text_model_id=document["encoders"]["text_model_id"],
+        class_labels=list(document["label"]["class_labels"]),
+        metrics=document.get("metrics") or {},
+        training_config=document.get("training_config") or {},
+        seed=document.get("seed"),
+        created_at=document["created_at"],
     )
 
 
@@ -282,7 +317,8 @@ def _read_weights(path: Path, weights_format: str) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"Checkpoint weights {path} have the unknown format {weights_format!r}.")
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Return the hex sha256 of a file's bytes."""
     digest = hashlib.sha256()
     with path.open("rb") as file:
         for chunk in iter(lambda: file.read(1 << 20), b""):
@@ -290,14 +326,14 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _replace_non_finite(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """Replace NaN and ±inf floats, which JSON cannot represent, by None (for example an undefined ROC AUC)."""
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, Mapping):
-        return {key: _replace_non_finite(item) for key, item in value.items()}
+        return {key: json_safe(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_replace_non_finite(item) for item in value]
+        return [json_safe(item) for item in value]
     return value

@@ -14,7 +14,6 @@ The gRPC predictor and the offline evaluation both use FusionPredictor, so they 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,13 +27,7 @@ from fusion.batch import FusionBatch
 from fusion.checkpoint import CheckpointMetadata, FusionBundle, load_checkpoint
 from fusion.device import resolve_device
 from fusion.model import MODALITIES
-
-# Row s has column m set when modality m is in subset s, so subset 0 is empty and subset 7 is full.
-_SUBSETS = np.array([[(s >> m) & 1 for m in range(len(MODALITIES))] for s in range(2 ** len(MODALITIES))], dtype=bool)
-
-
-def _shapley_weight(subset_size: int, n_players: int = len(MODALITIES)) -> float:
-    return math.factorial(subset_size) * math.factorial(n_players - subset_size - 1) / math.factorial(n_players)
+from fusion.shapley import SUBSETS, shapley_contributions
 
 
 @dataclass(frozen=True)
@@ -98,6 +91,8 @@ class FusionPredictions:
 class FusionPredictor:
     """A loaded fusion model that turns FusionInputs into FusionPredictions, in eval mode."""
 
+    model_kind = "neural"
+
     def __init__(self, bundle: FusionBundle, *, device: torch.device | str = "auto") -> None:
         self.bundle = bundle
         self.device = resolve_device(device)
@@ -158,25 +153,7 @@ class FusionPredictor:
         Raises ValueError when a present attributes row is None or the inputs have the wrong shape,
         and AttributeEncodingError (a ValueError) for an attribute value that is not valid.
         """
-        present = np.asarray(inputs.present, dtype=bool)
-        if present.shape != (len(inputs.attributes), len(MODALITIES)):
-            raise ValueError(
-                f"'present' has shape {present.shape}, expected ({len(inputs.attributes)}, {len(MODALITIES)}) "
-                "for one attribute row per product."
-            )
-        absent_rows = [i for i, row in enumerate(inputs.attributes) if row is None and present[i, 2]]
-        if absent_rows:
-            raise ValueError(
-                f"Rows {absent_rows[:10]} mark the attributes present but have no attribute row. "
-                "Pass a row or set present[:, 2] to False."
-            )
-        for name, values, dim in (("image", inputs.image, self.image_dim), ("text", inputs.text, self.text_dim)):
-            if values.ndim != 2 or values.shape[1] != dim:
-                raise ValueError(
-                    f"{name.capitalize()} embeddings have shape {values.shape}, expected (B, {dim}) for "
-                    f"model version {self.model_version}."
-                )
-
+        present = check_inputs(inputs, self.image_dim, self.text_dim, self.model_version)
         attributes = self.attribute_encoder.transform(inputs.attributes)
         batch = FusionBatch.from_numpy(inputs.image, inputs.text, attributes, present)
         return self.predict_batch(batch, chunk_size=chunk_size)
@@ -190,7 +167,7 @@ class FusionPredictor:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be at least 1, got {chunk_size}.")
         n = len(batch)
-        values = np.empty((len(_SUBSETS), n), dtype=np.float64)  # (8, B) label units
+        values = np.empty((len(SUBSETS), n), dtype=np.float64)  # (8, B) label units
         weight_chunks: list[np.ndarray] = []
         gate_chunks: list[np.ndarray] = []
         for start in range(0, n, chunk_size):
@@ -204,11 +181,7 @@ class FusionPredictor:
 
         quality = values[-1]  # (B,) full subset, restricted to the present modalities
         baseline = values[0]  # (B,) empty subset
-        contributions = np.zeros((n, len(MODALITIES)), dtype=np.float64)  # (B, 3)
-        for s, subset in enumerate(_SUBSETS):
-            for m in np.flatnonzero(~subset):
-                with_m = s | (1 << m)
-                contributions[:, m] += _shapley_weight(int(subset.sum())) * (values[with_m] - values[s])
+        contributions = shapley_contributions(values)  # (B, 3)
 
         class_probabilities = None
         if self.task == "binary":
@@ -230,11 +203,11 @@ class FusionPredictor:
         where the head has none.
         """
         chunk = chunk.to(self.device)
-        n_subsets = len(_SUBSETS)
+        n_subsets = len(SUBSETS)
         b = len(chunk)
 
         # Repeat the products once per subset, subset-major: row s * B + b is product b under subset s.
-        subsets = torch.from_numpy(_SUBSETS).to(self.device)  # (8, 3)
+        subsets = torch.from_numpy(SUBSETS).to(self.device)  # (8, 3)
         present = (subsets.unsqueeze(1) & chunk.present.unsqueeze(0)).reshape(n_subsets * b, -1)  # (8B, 3)
         repeated = FusionBatch(
             image=chunk.image.repeat(n_subsets, 1),  # (8B, Di)
@@ -277,3 +250,26 @@ def _stack_optional(name: str, vectors: Sequence[np.ndarray | None], dim: int) -
             raise ValueError(f"The {name} embedding of row {i} has shape {vector.shape}, expected ({dim},).")
         stacked[i] = vector
     return stacked
+
+
+def check_inputs(inputs: FusionInputs, image_dim: int, text_dim: int, model_version: str) -> np.ndarray:
+    """Return the present mask (B, 3) bool after checking the inputs' shapes; raise ValueError otherwise."""
+    present = np.asarray(inputs.present, dtype=bool)
+    if present.shape != (len(inputs.attributes), len(MODALITIES)):
+        raise ValueError(
+            f"'present' has shape {present.shape}, expected ({len(inputs.attributes)}, {len(MODALITIES)}) "
+            "for one attribute row per product."
+        )
+    absent_rows = [i for i, row in enumerate(inputs.attributes) if row is None and present[i, 2]]
+    if absent_rows:
+        raise ValueError(
+            f"Rows {absent_rows[:10]} mark the attributes present but have no attribute row. "
+            "Pass a row or set present[:, 2] to False."
+        )
+    for name, values, dim in (("image", inputs.image, image_dim), ("text", inputs.text, text_dim)):
+        if values.ndim != 2 or values.shape[1] != dim:
+            raise ValueError(
+                f"{name.capitalize()} embeddings have shape {values.shape}, expected (B, {dim}) for "
+                f"model version {model_version}."
+            )
+    return present

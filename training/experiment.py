@@ -29,6 +29,7 @@ from training.baselines import (
     RidgeOnAttributes,
     RidgeOnEmbedding,
 )
+from training.boosted_head import BoostedHeadModel
 from training.cv import Fold, make_folds
 from training.experiment_data import ExperimentData, load_experiment_data
 from training.experiment_report import write_report
@@ -46,6 +47,7 @@ MODELS: dict[str, Callable[[int], ExperimentModel]] = {
     "lightgbm_baseline": lambda seed: LightGBMOnAttributesTfidf(seed=seed),
     "lightgbm_head": lambda seed: LightGBMHead(seed=seed),
     "catboost_head": lambda seed: CatBoostHead(seed=seed),
+    "fusion_boosted": lambda seed: BoostedHeadModel(seed=seed),
     "fusion_concat": lambda seed: FusionHeadModel("concat", seed=seed),
     "fusion_attention": lambda seed: FusionHeadModel("attention", seed=seed),
     "fusion_gated": lambda seed: FusionHeadModel("gated", seed=seed),

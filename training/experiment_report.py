@@ -96,13 +96,36 @@ def plot_predictions(result: ExperimentResult, model: str, path: Path) -> None:
     plt.close(figure)
 
 
+def plot_calibration(labels: np.ndarray, probability: np.ndarray, title: str, path: Path, *, bins: int = 10) -> None:
+    """Draw a reliability diagram: mean predicted probability against the observed positive rate per quantile bin."""
+    order = np.argsort(probability)
+    groups = [group for group in np.array_split(order, bins) if group.size]
+    predicted = [float(probability[group].mean()) for group in groups]
+    observed = [float(labels[group].mean()) for group in groups]
+    figure, axes = plt.subplots(figsize=(5.5, 5))
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey")
+    axes.plot(predicted, observed, marker="o")
+    axes.set_xlabel("mean predicted probability (quantile bins)")
+    axes.set_ylabel("observed positive rate")
+    axes.set_title(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def write_report(result: ExperimentResult, out: Path, context: dict[str, Any], *, baseline: str) -> str:
-    """Write results.md and the two plots into `out`; return the markdown table."""
+    """Write results.md and the plots (calibration too for binary tasks) into `out`; return the markdown table."""
     out.mkdir(parents=True, exist_ok=True)
     primary = BINARY_METRICS[0] if result.task == "binary" else REGRESSION_METRICS[0]
     best = max(result.fold_metrics, key=lambda name: _metric_values(result, name, primary).mean())
     plot_comparison(result, out / "comparison.png")
     plot_predictions(result, best, out / "predictions.png")
+    plots = ["![comparison](comparison.png)", "![predictions](predictions.png)"]
+    if result.task == "binary":
+        plot_calibration(
+            result.labels, result.predictions[best][0], f"{best}: out-of-fold calibration", out / "calibration.png"
+        )
+        plots.append("![calibration](calibration.png)")
 
     table = render_table(result, baseline)
     best_interval = corrected_t_interval(
@@ -120,7 +143,7 @@ def write_report(result: ExperimentResult, out: Path, context: dict[str, Any], *
         f"Best model by {primary}: {best}, {best_interval.mean:.3f} "
         f"(corrected 95% CI {best_interval.low:.3f} to {best_interval.high:.3f}).",
         "",
-        "![comparison](comparison.png) ![predictions](predictions.png)",
+        " ".join(plots),
         "",
     ]
     (out / "results.md").write_text("\n".join(lines), encoding="utf-8")

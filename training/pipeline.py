@@ -11,6 +11,7 @@ import argparse
 import gc
 import logging
 import sys
+from typing import cast
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +20,7 @@ import numpy as np
 
 from encoders.image.backbones import DEFAULT_IMAGE_BACKBONE, IMAGE_BACKBONES
 from encoders.text.backbones import DEFAULT_TEXT_BACKBONE, TEXT_BACKBONES
+from fusion.boosted.config import BoostedConfig, BoostedConfigError
 from fusion.model import FUSION_HEADS, FusionHead
 from training.catalogue import Catalogue, load_catalogue
 from training.report import JobReport, write_report
@@ -30,6 +32,7 @@ from training.stages import (
     publish_features,
     score_through_services,
     train_and_save,
+    train_and_save_boosted,
     write_serving_environment,
 )
 from training.timing import StageTimer
@@ -37,6 +40,9 @@ from training.timing import StageTimer
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+BOOSTED_HEAD = "boosted"
+DEFAULT_FUSION_HEAD = BOOSTED_HEAD
+DEFAULT_BOOSTED_CONFIG = REPO_ROOT / "training" / "hyperparameters" / "boosted.yaml"
 SAMPLE_PRODUCTS = 400
 
 
@@ -59,7 +65,8 @@ class JobOptions:
     epochs: int
     inline_products: int
     progress: bool | None
-    fusion_head: FusionHead = "concat"
+    fusion_head: str = DEFAULT_FUSION_HEAD
+    boosted_config: Path = DEFAULT_BOOSTED_CONFIG
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,8 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, the sample and training")
     parser.add_argument("--epochs", type=int, default=200, help="maximum training epochs (early stopping)")
     parser.add_argument(
-        "--fusion-head", choices=list(FUSION_HEADS), default="concat",
-        help="how the fusion model combines the image, text and attribute vectors",
+        "--fusion-head", choices=[BOOSTED_HEAD, *FUSION_HEADS], default=DEFAULT_FUSION_HEAD,
+        help="how the model fuses image, text and attributes: boosted trees on embedding projections "
+        "(the best in cross-validation, docs/results.md) or a neural fusion head",
+    )
+    parser.add_argument(
+        "--boosted-config", type=Path, default=DEFAULT_BOOSTED_CONFIG,
+        help="YAML hyperparameters of the boosted head (fusion/boosted/config.py)",
     )
     parser.add_argument(
         "--inline-products", type=int, default=8,
@@ -129,6 +141,11 @@ def parse_options(argv: list[str] | None = None) -> JobOptions:
         build_parser().error(f"--limit must be at least 20 products to split train/validation/test, got {args.limit}")
     if args.inline_products < 0:
         build_parser().error(f"--inline-products must not be negative, got {args.inline_products}")
+    if args.fusion_head == BOOSTED_HEAD:
+        try:
+            BoostedConfig.from_yaml(args.boosted_config)
+        except BoostedConfigError as error:
+            build_parser().error(f"--boosted-config: {error}")
     return JobOptions(**vars(args))
 
 
@@ -167,6 +184,7 @@ def run_job(options: JobOptions) -> JobReport:
     """Run every stage and return the report (also written into the run folder)."""
     timer = StageTimer()
     started_at = datetime.now(UTC)
+    boosted_config = BoostedConfig.from_yaml(options.boosted_config) if options.fusion_head == BOOSTED_HEAD else None
 
     with timer.stage("catalogue"):
         spec_name = _resolve_spec_name(options)
@@ -203,16 +221,26 @@ def run_job(options: JobOptions) -> JobReport:
         )
 
     with timer.stage("train"):
-        trained = train_and_save(
-            embedded,
-            split,
-            checkpoint_dir=run_dir / "model",
-            model_version=run_name,
-            seed=options.seed,
-            epochs=options.epochs,
-            device=options.device,
-            fusion_head=options.fusion_head,
-        )
+        if options.fusion_head == BOOSTED_HEAD:
+            trained = train_and_save_boosted(
+                embedded,
+                split,
+                checkpoint_dir=run_dir / "model",
+                model_version=run_name,
+                seed=options.seed,
+                config=cast(BoostedConfig, boosted_config),
+            )
+        else:
+            trained = train_and_save(
+                embedded,
+                split,
+                checkpoint_dir=run_dir / "model",
+                model_version=run_name,
+                seed=options.seed,
+                epochs=options.epochs,
+                device=options.device,
+                fusion_head=cast(FusionHead, options.fusion_head),
+            )
 
     write_serving_environment(run_dir / "serve.env", trained.checkpoint_dir, store_settings)
 
@@ -238,7 +266,7 @@ def run_job(options: JobOptions) -> JobReport:
         labels=catalogue.labels[split.test],
         reference=reference,
         served=served,
-        history=trained.history,
+        training=trained.training,
         stage_seconds=timer.seconds,
         model_version=run_name,
         feast_project=feast_project,

@@ -12,8 +12,8 @@ import numpy as np
 
 from fusion.inference import FusionPredictions
 from training.catalogue import Catalogue
+from training.report_plots import write_job_plots
 from training.stages import ServedScores, evaluation_metrics
-from training.train import TrainingHistory
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ class JobReport:
     metrics: dict[str, dict[str, float]]  # row name -> metric -> value
     max_abs_difference: dict[str, float]  # served path -> max |served - in-process|
     mean_contributions: dict[str, float]
+    plots: list[str]  # PNG file names in the run folder
     stage_seconds: dict[str, float]
     training: dict[str, Any]
     settings: dict[str, str | None]
@@ -56,7 +57,7 @@ class JobReport:
         labels: np.ndarray,
         reference: FusionPredictions,
         served: ServedScores,
-        history: TrainingHistory,
+        training: dict[str, Any],
         stage_seconds: dict[str, float],
         model_version: str,
         feast_project: str,
@@ -64,6 +65,7 @@ class JobReport:
         image_model_id: str,
         text_model_id: str,
     ) -> JobReport:
+        """Compute the test metrics and differences, write the plots into `run_dir`, and collect the rest."""
         task = catalogue.spec.task
         metrics = {
             "in-process model": evaluation_metrics(task, labels, reference.quality),
@@ -76,6 +78,7 @@ class JobReport:
                 np.max(np.abs(served.inline.quality - reference.quality[positions]))
             )
         contributions = served.by_id.contributions.mean(axis=0)
+        plots = write_job_plots(run_dir, task, labels, served.by_id.quality, served.by_id.contributions)
         return cls(
             run_dir=run_dir,
             dataset=catalogue.spec.name,
@@ -87,18 +90,14 @@ class JobReport:
             split_sizes=split_sizes,
             metrics=metrics,
             max_abs_difference=differences,
+            plots=plots,
             mean_contributions={
                 "image": float(contributions[0]),
                 "text": float(contributions[1]),
                 "attributes": float(contributions[2]),
             },
             stage_seconds=dict(stage_seconds),
-            training={
-                "epochs_run": history.epochs_run,
-                "best_epoch": history.best_epoch + 1,
-                "best_validation_loss": history.best_validation_loss,
-                "seconds": history.seconds,
-            },
+            training=dict(training),
             settings={
                 **options,
                 "feast_project": feast_project,
@@ -115,6 +114,17 @@ class JobReport:
         by_id_ok = self.max_abs_difference["by product id"] <= SERVED_TOLERANCE
         inline_ok = self.max_abs_difference.get("by inline content", 0.0) <= INLINE_TOLERANCE
         return by_id_ok and inline_ok
+
+    def training_summary(self) -> str:
+        """Return one sentence on training: epochs for a neural head, trees per member for the boosted one."""
+        seconds = f"{self.training['seconds']:.1f} s"
+        if "trees" in self.training:
+            trees = ", ".join(f"{name} {count} trees" for name, count in self.training["trees"].items())
+            return f"Boosted head: {trees}; {seconds}."
+        return (
+            f"{self.training['epochs_run']} epochs, best epoch {self.training['best_epoch']} "
+            f"(validation loss {self.training['best_validation_loss']:.4f}), {seconds}."
+        )
 
     def metrics_table(self) -> str:
         """Return the test-split metrics as a markdown table, one row per prediction path."""
@@ -178,11 +188,11 @@ class JobReport:
                 "",
                 f"Mean modality contribution over the test split (label units): {contributions}.",
                 "",
+                " ".join(f"![{Path(name).stem}]({name})" for name in self.plots),
+                "",
                 "## Training",
                 "",
-                f"{self.training['epochs_run']} epochs, best epoch {self.training['best_epoch']} "
-                f"(validation loss {self.training['best_validation_loss']:.4f}), "
-                f"{self.training['seconds']:.1f} s.",
+                self.training_summary(),
                 "",
                 "## Stage wall times",
                 "",

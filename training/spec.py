@@ -12,9 +12,12 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast, get_args
+from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
 import yaml
+
+if TYPE_CHECKING:
+    from fusion.attributes import AttributeEncoder
 
 SPECS_DIR = Path(__file__).resolve().parent / "specs"
 
@@ -135,6 +138,17 @@ class DatasetSpec:
         if header is None:
             raise SpecError(f"{csv_path}: the catalogue is empty, so it has no header row")
         self.check_columns(header, csv_path=csv_path)
+
+    def attribute_encoder(self) -> AttributeEncoder:
+        """Return an unfitted AttributeEncoder of this spec's numeric, log-scale, categorical and tag columns."""
+        from fusion.attributes import AttributeEncoder  # imported here: the fusion package imports torch
+
+        return AttributeEncoder(
+            numeric=list(self.numeric_columns),
+            categorical=list(self.categorical_columns),
+            log_scale=list(self.log_scale_columns),
+            tags=self.tag_columns,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Return the spec as the YAML mapping it loads from (without `source`)."""

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import shlex
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,10 +17,13 @@ from features.config import FeatureStoreSettings
 from features.materialize import apply_and_materialize
 from features.offline import write_offline_features
 from features.schema import FeatureSchema
-from fusion.attributes import AttributeEncoder
 from fusion.batch import FusionBatch
 from fusion.checkpoint import CheckpointMetadata, save_checkpoint
-from fusion.inference import FusionInputs, FusionPredictions, FusionPredictor
+from fusion.boosted.checkpoint import save_boosted_checkpoint
+from fusion.boosted.config import BoostedConfig
+from fusion.boosted.model import BoostedFusionModel
+from fusion.inference import FusionInputs, FusionPredictions
+from fusion.loading import load_predictor
 from fusion.labels import LabelScaling
 from fusion.model import FusionConfig, FusionHead, FusionModel
 from pq.v1 import quality_predictor_pb2 as predictor_pb2
@@ -27,7 +32,7 @@ from training.embed import embed_images, embed_texts
 from training.metrics import classification_metrics, regression_metrics
 from training.scoring import ScoredProducts, attribute_values, score_by_id, score_inline
 from training.stack import start_stack, stop_stack
-from training.train import LabelledSplit, TrainConfig, TrainingHistory, train_fusion
+from training.train import LabelledSplit, TrainConfig, train_fusion
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +65,12 @@ class EmbeddedCatalogue:
 
 @dataclass
 class TrainedModel:
-    """The saved checkpoint of a run and its training history."""
+    """The saved checkpoint of a run and a summary of its training for the report."""
 
     checkpoint_dir: Path
-    history: TrainingHistory
+    # Neural heads: epochs_run, best_epoch (1-based), best_validation_loss, seconds.
+    # Boosted head: trees per member and seconds.
+    training: dict[str, Any]
     validation_metrics: dict[str, float]
 
 
@@ -186,12 +193,7 @@ def train_and_save(
     labels = catalogue.labels
 
     # Step 1: attribute encoding statistics and vocabularies come from the training rows only.
-    attribute_encoder = AttributeEncoder(
-        numeric=list(spec.numeric_columns),
-        categorical=list(spec.categorical_columns),
-        log_scale=list(spec.log_scale_columns),
-        tags=spec.tag_columns,
-    ).fit(catalogue.attributes().iloc[split.train])
+    attribute_encoder = spec.attribute_encoder().fit(catalogue.attributes().iloc[split.train])
 
     # Step 2: model inputs for every product, built exactly as the predictor builds them at serving.
     all_positions = np.arange(len(catalogue))
@@ -245,7 +247,73 @@ def train_and_save(
         ),
         overwrite=True,
     )
-    return TrainedModel(checkpoint_dir=checkpoint_dir, history=history, validation_metrics=validation_metrics)
+    training = {
+        "epochs_run": history.epochs_run,
+        "best_epoch": history.best_epoch + 1,
+        "best_validation_loss": history.best_validation_loss,
+        "seconds": history.seconds,
+    }
+    return TrainedModel(checkpoint_dir=checkpoint_dir, training=training, validation_metrics=validation_metrics)
+
+
+def train_and_save_boosted(
+    embedded: EmbeddedCatalogue,
+    split: DatasetSplit,
+    *,
+    checkpoint_dir: Path,
+    model_version: str,
+    seed: int,
+    config: BoostedConfig,
+) -> TrainedModel:
+    """Fit the attribute encoder and the boosted fusion head on the training split and save the checkpoint."""
+    catalogue = embedded.catalogue
+    spec = catalogue.spec
+    labels = catalogue.labels
+    started = time.perf_counter()
+
+    # Step 1: attribute encoding statistics and vocabularies come from the training rows only.
+    attribute_encoder = spec.attribute_encoder().fit(catalogue.attributes().iloc[split.train])
+
+    # Step 2: the training products' inputs, built as the predictor builds them at serving.
+    inputs = embedded.fusion_inputs(split.train)
+    encoded = attribute_encoder.transform(inputs.attributes)
+    weights = None if catalogue.weights is None else catalogue.weights[split.train]
+
+    # Step 3: projections, modality dropout and the boosted members (fusion/boosted/model.py).
+    model = BoostedFusionModel(config, attribute_encoder, spec.task, seed=seed)
+    model.fit(encoded, inputs.image, inputs.text, inputs.present, labels[split.train], weights)
+
+    # Step 4: validation metrics in label units, recorded in the checkpoint.
+    validation_inputs = embedded.fusion_inputs(split.validation)
+    validation_predictions = model.predict(
+        attribute_encoder.transform(validation_inputs.attributes),
+        validation_inputs.image,
+        validation_inputs.text,
+        validation_inputs.present,
+    )
+    validation_metrics = _metrics(spec.task, labels[split.validation], validation_predictions)
+    training = {"trees": {name: member.trees for name, member in model.members.items()},
+                "seconds": time.perf_counter() - started}
+
+    # Step 5: save the members, projections, config, feature schema, encoder ids and metrics together.
+    save_boosted_checkpoint(
+        checkpoint_dir,
+        model,
+        CheckpointMetadata(
+            model_version=model_version,
+            label_name=spec.label_column,
+            label_scaling=LabelScaling(task=spec.task),
+            feature_schema=feature_schema(embedded).to_dict(),
+            image_model_id=embedded.image_model_id,
+            text_model_id=embedded.text_model_id,
+            class_labels=["0", "1"] if spec.task == "binary" else [],
+            metrics={"validation": validation_metrics},
+            training_config={"boosted": config.to_dict(), **training},
+            seed=seed,
+        ),
+        overwrite=True,
+    )
+    return TrainedModel(checkpoint_dir=checkpoint_dir, training=training, validation_metrics=validation_metrics)
 
 
 @torch.inference_mode()
@@ -271,7 +339,7 @@ def predict_in_process(
     checkpoint_dir: Path, embedded: EmbeddedCatalogue, positions: np.ndarray, *, device: str
 ) -> FusionPredictions:
     """Predict the products at `positions` with the saved checkpoint, in this process."""
-    predictor = FusionPredictor.from_checkpoint(checkpoint_dir, device=device)
+    predictor = load_predictor(checkpoint_dir, device=device)
     return predictor.predict(embedded.fusion_inputs(positions))
 
 

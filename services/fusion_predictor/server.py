@@ -12,7 +12,8 @@ from features.errors import FeatureStoreError
 from features.online import EmbeddingWriter, OnlineFeatureReader, open_reader
 from features.schema import FeatureSchema
 from fusion.checkpoint import CheckpointError
-from fusion.inference import FusionPredictor
+from fusion.loading import Predictor
+from fusion.loading import load_predictor as load_model_directory
 from pq.v1 import quality_predictor_pb2_grpc as predictor_grpc
 from services.common.server import (
     ServiceServer,
@@ -32,18 +33,18 @@ logger = logging.getLogger(__name__)
 ClientT = TypeVar("ClientT", ImageEncoderClient, TextEncoderClient)
 
 
-def load_predictor(settings: PredictorSettings) -> FusionPredictor:
+def load_predictor(settings: PredictorSettings) -> Predictor:
     """Load the checkpoint named by PQ_PREDICTOR_MODEL_PATH; raise SettingsError naming the variable."""
     model_path = settings.require_model_path()
     try:
-        return FusionPredictor.from_checkpoint(model_path, device=settings.device)
+        return load_model_directory(model_path, device=settings.device)
     except (CheckpointError, ValueError, OSError) as error:
         raise SettingsError(
             f"{settings.env_name('model_path')}={str(model_path)!r} cannot be loaded: {error}"
         ) from error
 
 
-def feature_schema_of(predictor: FusionPredictor) -> FeatureSchema:
+def feature_schema_of(predictor: Predictor) -> FeatureSchema:
     """Return the checkpoint's feature schema after checking it against the model's own inputs."""
     try:
         schema = FeatureSchema.from_dict(predictor.feature_schema)
@@ -77,7 +78,7 @@ def create_server(
     address: str,
     settings: PredictorSettings | None = None,
     *,
-    predictor: FusionPredictor | None = None,
+    predictor: Predictor | None = None,
     reader: OnlineFeatureReader | None = None,
     writer: EmbeddingWriter | None = None,
     store_settings: FeatureStoreSettings | None = None,
@@ -160,10 +161,10 @@ def _encoder_client(
     )
 
 
-def describe(predictor: FusionPredictor, settings: PredictorSettings, store: FeatureStoreSettings) -> str:
+def describe(predictor: Predictor, settings: PredictorSettings, store: FeatureStoreSettings) -> str:
     """Name the service, its model, its store and its encoders for log lines."""
     return (
-        f"fusion predictor (model {predictor.model_version}, label {predictor.label_name!r}, "
+        f"fusion predictor ({predictor.model_kind} model {predictor.model_version}, label {predictor.label_name!r}, "
         f"{store.online_store} store project {store.feast_project!r}, "
         f"image encoder {settings.image_encoder_address or 'none'}, "
         f"text encoder {settings.text_encoder_address or 'none'}, "

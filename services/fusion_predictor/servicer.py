@@ -20,7 +20,8 @@ from features.errors import OnlineStoreUnavailableError
 from features.online import OnlineFeatureReader
 from features.schema import FeatureSchema
 from features.stored import StoredProduct
-from fusion.inference import FusionInputs, FusionPredictions, FusionPredictor
+from fusion.inference import FusionInputs, FusionPredictions
+from fusion.loading import Predictor
 from pq.v1 import quality_predictor_pb2 as predictor_pb2
 from pq.v1 import quality_predictor_pb2_grpc as predictor_grpc
 from services.common.errors import (
@@ -52,11 +53,11 @@ class EncoderClients:
 
 
 class QualityPredictorServicer(predictor_grpc.QualityPredictorServiceServicer):
-    """Scores products with one FusionPredictor, reading and writing back the online store."""
+    """Scores products with one fusion model (neural or boosted), reading and writing back the online store."""
 
     def __init__(
         self,
-        predictor: FusionPredictor,
+        predictor: Predictor,
         schema: FeatureSchema,
         *,
         reader: OnlineFeatureReader,

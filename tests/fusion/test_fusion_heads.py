@@ -362,4 +362,4 @@ def test_config_rejects_invalid_head_settings(encoder: AttributeEncoder, overrid
 
 def test_pipeline_fusion_head_option():
     assert parse_options(["--fusion-head", "transformer"]).fusion_head == "transformer"
-    assert parse_options([]).fusion_head == "concat"
+    assert parse_options([]).fusion_head == "boosted"

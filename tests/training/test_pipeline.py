@@ -37,6 +37,9 @@ def test_sample_job_with_sqlite(tmp_path: Path) -> None:
     assert report.metrics["predictor over gRPC (by product id)"]["r2"] > 0.3
     assert report.service_exit_statuses == {"fusion predictor": 0, "text encoder": 0, "image encoder": 0}
     assert (tmp_path / "sample" / "report.md").is_file()
+    assert report.plots == ["predictions.png", "contributions.png"]
+    assert all((tmp_path / "sample" / name).stat().st_size > 0 for name in report.plots)
+    assert set(report.training["trees"]) == {"lightgbm", "catboost"}
     assert "PQ_PREDICTOR_MODEL_PATH=" in (tmp_path / "sample" / "serve.env").read_text()
     assert (tmp_path / "latest").resolve() == (tmp_path / "sample").resolve()
     written = json.loads((tmp_path / "sample" / "metrics.json").read_text())
@@ -59,6 +62,7 @@ def test_boardgames_job_with_redis(tmp_path: Path) -> None:
                 "--runs-dir", str(tmp_path),
                 "--run-name", "boardgames",
                 "--inline-products", "4",
+                "--fusion-head", "concat",
                 "--no-progress",
             ]
         )
@@ -70,3 +74,4 @@ def test_boardgames_job_with_redis(tmp_path: Path) -> None:
     assert written["max_abs_difference"]["by product id"] <= 1e-5
     assert written["metrics"]["predictor over gRPC (by product id)"]["r2"] > 0.0
     assert written["split_sizes"]["test"] == 45
+    assert written["training"]["epochs_run"] >= 1
