@@ -53,6 +53,7 @@ MODELS: dict[str, Callable[[int], ExperimentModel]] = {
     "fusion_gated": lambda seed: FusionHeadModel("gated", seed=seed),
     "fusion_transformer": lambda seed: FusionHeadModel("transformer", seed=seed),
 }
+DROPPED_MODALITIES = ("image", "text", "attributes")
 STACK_NAME = "stack"  # ridge on the out-of-fold predictions of every other model evaluated
 BASELINE_NAME = "lightgbm_baseline"
 
@@ -67,6 +68,8 @@ class ExperimentResult:
     fold_metrics: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # model -> one per fold
     predictions: dict[str, np.ndarray] = field(default_factory=dict)  # model -> (repeats, N)
     seconds: dict[str, float] = field(default_factory=dict)
+    # Fusion heads only: model -> removed modality -> (repeats, N) predictions with that modality missing.
+    without: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
 def fold_scores(task: str, labels: np.ndarray, predicted: np.ndarray, threshold: float) -> dict[str, float]:
@@ -96,12 +99,20 @@ def evaluate_models(data: ExperimentData, names: list[str], folds: list[Fold], *
     for name in base_names:
         started = time.perf_counter()
         predictions = np.full((repeats, len(data)), np.nan)
+        check_missing = name.startswith("fusion_")
+        without = {modality: np.full((repeats, len(data)), np.nan) for modality in DROPPED_MODALITIES}
         for fold in folds:
             model = MODELS[name](seed + fold.repeat)
             model.fit(data.take(fold.train))
-            predictions[fold.repeat, fold.test] = model.predict(data.take(fold.test))
+            held_out = data.take(fold.test)
+            predictions[fold.repeat, fold.test] = model.predict(held_out)
+            if check_missing:
+                for modality in DROPPED_MODALITIES:
+                    without[modality][fold.repeat, fold.test] = model.predict(held_out.without(modality))
             logger.info("%s: repeat %d fold %d done", name, fold.repeat, fold.index)
         result.predictions[name] = predictions
+        if check_missing:
+            result.without[name] = without
         result.seconds[name] = time.perf_counter() - started
         logger.info("%s: %d folds in %.1f s", name, len(folds), result.seconds[name])
 

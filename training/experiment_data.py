@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +71,20 @@ class ExperimentData:
     def task(self) -> str:
         """The spec's task: "regression" or "binary"."""
         return self.spec.task
+
+    def without(self, modality: str) -> ExperimentData:
+        """Return these products with one modality ("image", "text" or "attributes") missing for all of them.
+
+        Text here is the text embedding: the raw text columns stay, since tag columns are attributes too.
+        """
+        if modality == "image":
+            return replace(self, image=np.full_like(self.image, np.nan))
+        if modality == "text":
+            return replace(self, text=np.full_like(self.text, np.nan))
+        if modality == "attributes":
+            empty = pd.DataFrame({column: [None] * len(self) for column in self.attributes.columns}, dtype=object)
+            return replace(self, attributes=empty)
+        raise ValueError(f"modality must be 'image', 'text' or 'attributes', got {modality!r}")
 
     def take(self, rows: np.ndarray) -> ExperimentData:
         """Return the products at the row positions `rows` (K,), in that order."""

@@ -55,6 +55,42 @@ def render_table(result: ExperimentResult, baseline: str) -> str:
     return "\n".join(lines)
 
 
+def render_missing_table(result: ExperimentResult) -> str:
+    """Return a markdown table of the fusion heads' scores with one modality removed at prediction time.
+
+    Each cell is the mean over folds of the primary metric, then the mean prediction minus the
+    mean label (bias) in brackets: a model whose missing representation is calibrated keeps the
+    bias near 0 when a modality is gone.
+    """
+    if not result.without:
+        return ""
+    primary = BINARY_METRICS[0] if result.task == "binary" else REGRESSION_METRICS[0]
+    modalities = list(next(iter(result.without.values())))
+    header = ["model", f"{primary} all present", *(f"{primary} without {m} [bias]" for m in modalities)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for model in sorted(result.without, key=lambda name: -_metric_values(result, name, primary).mean()):
+        cells = [model, f"{_metric_values(result, model, primary).mean():.3f}"]
+        for modality in modalities:
+            predictions = result.without[model][modality]
+            scores, biases = [], []
+            for fold in result.folds:
+                predicted = predictions[fold.repeat, fold.test]
+                labels = result.labels[fold.test]
+                scores.append(_primary_score(result.task, labels, predicted))
+                biases.append(float(predicted.mean() - labels.mean()))
+            cells.append(f"{np.mean(scores):.3f} [{np.mean(biases):+.3f}]")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _primary_score(task: str, labels: np.ndarray, predicted: np.ndarray) -> float:
+    from sklearn.metrics import r2_score, roc_auc_score
+
+    if task == "binary":
+        return float(roc_auc_score(labels, predicted)) if len(np.unique(labels)) == 2 else float("nan")
+    return float(r2_score(labels, predicted))
+
+
 def plot_comparison(result: ExperimentResult, path: Path) -> None:
     """Draw each model's mean primary metric with its 95% t-interval as error bars."""
     primary = BINARY_METRICS[0] if result.task == "binary" else REGRESSION_METRICS[0]
@@ -128,6 +164,7 @@ def write_report(result: ExperimentResult, out: Path, context: dict[str, Any], *
         plots.append("![calibration](calibration.png)")
 
     table = render_table(result, baseline)
+    missing = render_missing_table(result)
     best_interval = corrected_t_interval(
         _metric_values(result, best, primary), test_fraction=1.0 / (context["folds"] - 1)
     )
@@ -143,6 +180,7 @@ def write_report(result: ExperimentResult, out: Path, context: dict[str, Any], *
         f"Best model by {primary}: {best}, {best_interval.mean:.3f} "
         f"(corrected 95% CI {best_interval.low:.3f} to {best_interval.high:.3f}).",
         "",
+        *(["Fusion heads with one modality removed at prediction time:", "", missing, ""] if missing else []),
         " ".join(plots),
         "",
     ]

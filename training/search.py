@@ -2,8 +2,8 @@
 
     python -m training.search --run-dir runs/boardgames-full --budget-minutes 40 --out DIR
 
-Candidates are drawn by a seeded generator from SEARCH_SPACE around the defaults (the defaults are
-always candidate 0) and scored on the same folds as training.experiment. The search stops starting
+Candidates are drawn by a seeded generator from SEARCH_SPACE around the --base-config settings
+(candidate 0 is the base unchanged) and scored on the same folds as training.experiment. The search stops starting
 new candidates when the time budget is spent. Every candidate's config and fold scores go to
 DIR/search.json, and the best config to DIR/best.yaml, which the main job reads with
 `--boosted-config`.
@@ -28,6 +28,8 @@ from training.experiment import evaluate_models, MODELS
 from training.experiment_data import load_experiment_data
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_BASE_CONFIG = Path(__file__).resolve().parent / "hyperparameters" / "boosted.yaml"
 
 # Setting path -> values tried. A dotted path sets a member's setting.
 SEARCH_SPACE: dict[str, list[Any]] = {
@@ -65,6 +67,10 @@ def draw_changes(rng: np.random.Generator, changes_per_candidate: int) -> dict[s
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m training.search", description=__doc__.split("\n")[0])
     parser.add_argument("--run-dir", type=Path, required=True, help="folder of a finished run (contains features/)")
+    parser.add_argument(
+        "--base-config", type=Path, default=DEFAULT_BASE_CONFIG,
+        help="YAML settings the candidates change (candidate 0 is this file unchanged)",
+    )
     parser.add_argument("--budget-minutes", type=float, default=30.0, help="no candidate starts after this (default 30)")
     parser.add_argument("--max-candidates", type=int, default=50, help="at most this many candidates (default 50)")
     parser.add_argument("--changes", type=int, default=2, help="settings changed per candidate (default 2)")
@@ -76,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
 
     data = load_experiment_data(options.run_dir)
     folds = make_folds(data.labels, folds=options.folds, repeats=1, seed=options.seed, stratify=data.task == "binary")
-    base = BoostedConfig().to_dict()
+    base = BoostedConfig.from_yaml(options.base_config).to_dict()
     rng = np.random.default_rng(options.seed)
     deadline = time.monotonic() + 60.0 * options.budget_minutes
     records: list[dict[str, Any]] = []

@@ -98,10 +98,14 @@ class BoostedConfig:
             "threads": self.threads >= 0,
             "lightgbm.learning_rate": 0.0 < self.lightgbm.learning_rate <= 1.0,
             "lightgbm.num_leaves": self.lightgbm.num_leaves >= 2,
+            "lightgbm.min_data_in_leaf": self.lightgbm.min_data_in_leaf >= 1,
+            "lightgbm.lambda_l2": self.lightgbm.lambda_l2 >= 0.0,
+            "lightgbm.cat_smooth": self.lightgbm.cat_smooth >= 0.0,
             "lightgbm.feature_fraction": 0.0 < self.lightgbm.feature_fraction <= 1.0,
             "lightgbm.bagging_fraction": 0.0 < self.lightgbm.bagging_fraction <= 1.0,
             "catboost.learning_rate": 0.0 < self.catboost.learning_rate <= 1.0,
             "catboost.depth": 1 <= self.catboost.depth <= 16,
+            "catboost.l2_leaf_reg": self.catboost.l2_leaf_reg >= 0.0,
         }
         wrong = [name for name, ok in checks.items() if not ok]
         if wrong:
@@ -130,6 +134,8 @@ class BoostedConfig:
             raise BoostedConfigError(f"unknown boosted head settings {unknown}; known: {sorted(known)}")
         for name, settings_type in nested.items():
             if name in data:
+                if data[name] is not None and not isinstance(data[name], dict):
+                    raise BoostedConfigError(f"{name} must be a mapping of settings, got {data[name]!r}")
                 section = dict(data[name] or {})
                 allowed = {f.name for f in fields(settings_type)}
                 extra = sorted(set(section) - allowed)
@@ -138,6 +144,8 @@ class BoostedConfig:
                 data[name] = settings_type(**section)
         for name in ("members", "text_knn_neighbours", "image_knn_neighbours"):
             if name in data:
+                if not isinstance(data[name], list | tuple):
+                    raise BoostedConfigError(f"{name} must be a list, got {data[name]!r}")
                 data[name] = tuple(data[name])
         try:
             return cls(**data)

@@ -21,6 +21,14 @@ from fusion.boosted.config import BoostedConfig
 logger = logging.getLogger(__name__)
 
 _MIN_TREES = 50
+# Batches below this many rows predict on one thread: on 2 cores one product took 1.2 ms on one
+# thread and 7.9 ms on all of them, and gRPC workers already predict in parallel.
+PARALLEL_PREDICT_ROWS = 2048
+
+
+def predict_threads(rows: int, threads: int) -> int:
+    """Return the threads for predicting `rows` rows: one for small batches, else `threads`."""
+    return 1 if rows < PARALLEL_PREDICT_ROWS else threads
 
 
 class Member(Protocol):
@@ -93,7 +101,8 @@ class LightGBMMember(_MemberSettings):
     def predict(self, x: np.ndarray) -> np.ndarray:
         if self.booster is None:
             raise RuntimeError("LightGBMMember.predict called before fit or load")
-        return np.asarray(self.booster.predict(x), dtype=np.float64)
+        threads = predict_threads(len(x), self.threads)
+        return np.asarray(self.booster.predict(x, num_threads=threads), dtype=np.float64)
 
     def save(self, directory: Path) -> Path:
         if self.booster is None:
@@ -153,9 +162,10 @@ class CatBoostMember(_MemberSettings):
         if self.model is None:
             raise RuntimeError("CatBoostMember.predict called before fit or load")
         pool = self._pool(x)
+        threads = predict_threads(len(x), self.threads)
         if isinstance(self.model, CatBoostClassifier):
-            return np.asarray(self.model.predict_proba(pool)[:, 1], dtype=np.float64)
-        return np.asarray(self.model.predict(pool), dtype=np.float64)
+            return np.asarray(self.model.predict_proba(pool, thread_count=threads)[:, 1], dtype=np.float64)
+        return np.asarray(self.model.predict(pool, thread_count=threads), dtype=np.float64)
 
     def save(self, directory: Path) -> Path:
         if self.model is None:
