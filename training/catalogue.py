@@ -60,6 +60,7 @@ class Catalogue:
     - the image column: absolute Path, or None when the product has no image file
     - the label: float64, 0.0/1.0 for a binary task
     - the weight column, if the spec has one: float64
+    - each auxiliary label: float64, NaN when missing, 0.0/1.0 for a binary one
     """
 
     spec: DatasetSpec
@@ -85,6 +86,13 @@ class Catalogue:
         if self.spec.weight_column is None:
             return None
         return self.frame[self.spec.weight_column].to_numpy(dtype=np.float64)
+
+    @property
+    def auxiliary_labels(self) -> dict[str, np.ndarray]:
+        """Each auxiliary label of the spec, (N,) float64 with NaN where missing; empty without any."""
+        return {
+            name: self.frame[name].to_numpy(dtype=np.float64) for name in self.spec.auxiliary_labels
+        }
 
     @property
     def missing_image_count(self) -> int:
@@ -216,7 +224,7 @@ def load_catalogue(
     raw = raw.apply(lambda column: column.str.strip())
     product_ids = _product_ids(raw[spec.id_column], csv_path, spec.id_column)
 
-    labels = _labels(raw[spec.label_column], spec, csv_path, product_ids)
+    labels = _labels(raw[spec.label_column], spec.label_column, spec.task, csv_path, product_ids)
     labelled = ~np.isnan(labels)
     if not labelled.all():
         logger.info(
@@ -246,6 +254,8 @@ def load_catalogue(
     columns[spec.label_column] = pd.Series(labels[keep])
     if spec.weight_column is not None:
         columns[spec.weight_column] = _numeric(raw[spec.weight_column], spec, csv_path, spec.weight_column)
+    for name, task in spec.auxiliary_labels.items():
+        columns[name] = pd.Series(_labels(raw[name], name, task, csv_path, product_ids))
 
     frame = pd.DataFrame(columns)
     frame.index = pd.Index(product_ids.tolist(), name=INDEX_NAME, dtype=object)
@@ -277,9 +287,11 @@ def _product_ids(values: pd.Series, csv_path: Path, column: str) -> pd.Series:
     return values
 
 
-def _labels(values: pd.Series, spec: DatasetSpec, csv_path: Path, product_ids: pd.Series) -> np.ndarray:
-    """Parse the label column to float64 with NaN where it is empty, or raise CatalogueError on other text."""
-    if spec.task == "binary":
+def _labels(
+    values: pd.Series, column: str, task: str, csv_path: Path, product_ids: pd.Series
+) -> np.ndarray:
+    """Parse a label column to float64 with NaN where it is empty, or raise CatalogueError on other text."""
+    if task == "binary":
         lowered = values.str.lower()
         labels = np.where(lowered.isin(_TRUE_LABELS), 1.0, np.where(lowered.isin(_FALSE_LABELS), 0.0, np.nan))
         invalid = ~(lowered.isin(_TRUE_LABELS) | lowered.isin(_FALSE_LABELS) | lowered.eq(""))
@@ -292,7 +304,7 @@ def _labels(values: pd.Series, spec: DatasetSpec, csv_path: Path, product_ids: p
     if invalid.any():
         position = int(np.flatnonzero(invalid)[0])
         raise CatalogueError(
-            f"{csv_path}: {spec.label_column} is {values.iloc[position]!r} for product "
+            f"{csv_path}: {column} is {values.iloc[position]!r} for product "
             f"{product_ids.iloc[position]!r}. Expected {expected}, or empty for an unlabelled product "
             f"({int(invalid.sum())} invalid value(s) in all)"
         )

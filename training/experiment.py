@@ -31,7 +31,7 @@ from training.baselines import (
 )
 from training.boosted_head import BoostedHeadModel
 from training.cv import Fold, make_folds
-from training.experiment_data import ExperimentData, load_experiment_data
+from training.experiment_data import ExperimentData, ExperimentDataError, load_experiment_data
 from training.experiment_report import write_report
 from training.metrics import classification_metrics, regression_metrics
 from training.neural_heads import FusionHeadModel
@@ -148,7 +148,7 @@ def _machine_description() -> str:
     return f"{model}, {len(os.sched_getaffinity(0))} cores, {platform.system()} {platform.release()}"
 
 
-def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training.experiment", description=__doc__.split("\n")[0])
     parser.add_argument("--run-dir", type=Path, required=True, help="folder of a finished run (contains features/)")
     parser.add_argument("--catalogue", type=Path, default=None, help="catalogue folder (default: the run's)")
@@ -161,17 +161,20 @@ def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         help="models to evaluate (default: all)",
     )
     parser.add_argument("--out", type=Path, default=None, help="report folder (default: RUN_DIR/experiments/<UTC time>)")
-    return parser.parse_args(argv)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI: load the data, evaluate the models on shared folds and write the report."""
-    options = _parse_arguments(argv)
+    options = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     started = datetime.now(timezone.utc)
     out = options.out or options.run_dir / "experiments" / started.strftime("%Y%m%dT%H%M%SZ")
 
-    data = load_experiment_data(options.run_dir, catalogue_dir=options.catalogue, spec=options.spec)
+    try:
+        data = load_experiment_data(options.run_dir, catalogue_dir=options.catalogue, spec=options.spec)
+    except ExperimentDataError as error:
+        _parser().error(str(error))
     folds = make_folds(
         data.labels, folds=options.folds, repeats=options.repeats, seed=options.seed,
         stratify=data.task == "binary",

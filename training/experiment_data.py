@@ -48,6 +48,8 @@ class ExperimentData:
     texts: pd.DataFrame  # (N, text columns): str or None per cell, in the spec's order
     labels: np.ndarray  # (N,) float64, 0.0/1.0 for a binary task
     weights: np.ndarray | None = None  # (N,) float64 sample weights, NaN where missing
+    # The spec's auxiliary labels, column -> (N,) float64 with NaN where missing. None without any.
+    auxiliary_labels: dict[str, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.product_ids)
@@ -60,6 +62,8 @@ class ExperimentData:
         }
         if self.weights is not None:
             sizes["weights"] = len(self.weights)
+        for name, values in (self.auxiliary_labels or {}).items():
+            sizes[f"auxiliary_labels[{name!r}]"] = len(values)
         wrong = {name: size for name, size in sizes.items() if size != n}
         if wrong:
             raise ExperimentDataError(f"arrays must have {n} rows like product_ids, got {wrong}")
@@ -98,6 +102,11 @@ class ExperimentData:
             texts=self.texts.iloc[rows].reset_index(drop=True),
             labels=self.labels[rows],
             weights=None if self.weights is None else self.weights[rows],
+            auxiliary_labels=(
+                None
+                if self.auxiliary_labels is None
+                else {name: values[rows] for name, values in self.auxiliary_labels.items()}
+            ),
         )
 
 
@@ -145,6 +154,7 @@ def load_experiment_data(
         texts=catalogue.frame[list(catalogue.spec.text_columns)].reset_index(drop=True),
         labels=catalogue.labels,
         weights=catalogue.weights,
+        auxiliary_labels=catalogue.auxiliary_labels or None,
     )
     logger.info(
         "experiment data of %s: %d products, image %s (%d missing), text %s (%d missing)",
@@ -173,7 +183,7 @@ def _resolve_catalogue(
         recorded_root = settings.get("catalogue")
         if not isinstance(recorded_root, str):
             raise ExperimentDataError(
-                f"{metrics_path} records no catalogue folder. Pass catalogue_dir (--catalogue)"
+                f"{metrics_path} records no catalogue folder. Pass the catalogue folder with --catalogue"
             )
         # The main job runs from the repository root, so a relative path is relative to it.
         repository_root = Path(__file__).resolve().parents[1]
@@ -182,7 +192,9 @@ def _resolve_catalogue(
     if spec is None:
         recorded_spec = settings.get("spec") or dataset_name
         if not isinstance(recorded_spec, str):
-            raise ExperimentDataError(f"{metrics_path} records no spec or dataset name. Pass spec (--spec)")
+            raise ExperimentDataError(
+                f"{metrics_path} records no spec or dataset name. Pass a spec name or YAML path with --spec"
+            )
         spec = recorded_spec
     if not isinstance(spec, DatasetSpec):
         spec = load_spec(spec)

@@ -3,6 +3,7 @@
 Each fit encodes attributes and trains a FusionModel as the main job does (training/stages.py),
 but on the rows of one training fold. A seeded random part of those rows is held out for early
 stopping, and the model trains on the rest. Predictions are in label units, P(positive) for binary.
+With `multitask`, the model also learns the spec's auxiliary labels as extra training targets.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from fusion.attributes import AttributeEncoder, is_missing_value
 from fusion.batch import FusionBatch
 from fusion.labels import LabelScaling
-from fusion.model import FusionConfig, FusionHead, FusionModel
+from fusion.model import FusionConfig, FusionHead, FusionModel, Task
 from training.experiment_data import ExperimentData
 from training.train import LabelledSplit, TrainConfig, train_fusion
 
@@ -29,7 +30,11 @@ DEFAULT_PATIENCE = 8
 
 
 class FusionHeadModel:
-    """A FusionModel with the head `head`, fitted on one fold's training rows."""
+    """A FusionModel with the head `head`, fitted on one fold's training rows.
+
+    With `multitask`, training adds the masked losses of the data's auxiliary labels, weighted by
+    `auxiliary_task_weight` (FusionConfig). The predictions stay those of the main label.
+    """
 
     def __init__(
         self,
@@ -40,10 +45,16 @@ class FusionHeadModel:
         patience: int = DEFAULT_PATIENCE,
         validation_fraction: float = VALIDATION_FRACTION,
         device: str = "auto",
+        multitask: bool = False,
+        auxiliary_task_weight: float = 1.0,
     ) -> None:
         if not 0.0 < validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
+        if not auxiliary_task_weight >= 0:
+            raise ValueError(f"auxiliary_task_weight must not be negative, got {auxiliary_task_weight}")
         self.head = head
+        self.multitask = multitask
+        self.auxiliary_task_weight = auxiliary_task_weight
         self.seed = seed
         self.validation_fraction = validation_fraction
         self.train_config = TrainConfig(epochs=epochs, patience=patience, seed=seed, device=device)
@@ -69,11 +80,21 @@ class FusionHeadModel:
         self.scaling = LabelScaling.fit(spec.task, data.labels[training_rows])
         targets = torch.from_numpy(self.scaling.to_model_targets(data.labels))  # (N,)
 
+        # Step 3: auxiliary targets in label units. train_fusion standardises them on the training rows.
+        auxiliary_tasks: tuple[tuple[str, Task], ...] = ()
+        auxiliary_targets: torch.Tensor | None = None  # (N, A), NaN where missing
+        if self.multitask:
+            auxiliary_tasks, auxiliary_targets = _auxiliary_targets(data)
+
         def labelled(rows: np.ndarray) -> LabelledSplit:
             index = torch.from_numpy(rows)
-            return LabelledSplit(features=batch.select(index), targets=targets[index])
+            return LabelledSplit(
+                features=batch.select(index),
+                targets=targets[index],
+                auxiliary_targets=None if auxiliary_targets is None else auxiliary_targets[index],
+            )
 
-        # Step 3: train with early stopping on the held-out part.
+        # Step 4: train with early stopping on the held-out part.
         model_config = FusionConfig(
             image_dim=int(data.image.shape[1]),
             text_dim=int(data.text.shape[1]),
@@ -81,6 +102,8 @@ class FusionHeadModel:
             categorical_cardinalities=self.encoder.categorical_cardinalities,
             task=spec.task,
             head=self.head,
+            auxiliary_tasks=auxiliary_tasks,
+            auxiliary_task_weight=self.auxiliary_task_weight,
         )
         model, history = train_fusion(
             labelled(training_rows), labelled(validation_rows), model_config, self.train_config
@@ -120,6 +143,26 @@ class FusionHeadModel:
         )  # (N, 3) in MODALITIES order
         attributes = self.encoder.transform_frame(data.attributes)
         return FusionBatch.from_numpy(data.image, data.text, attributes, present)
+
+
+def _auxiliary_targets(data: ExperimentData) -> tuple[tuple[tuple[str, Task], ...], torch.Tensor]:
+    """Return the spec's auxiliary (name, task) pairs and their (N, A) float32 targets, NaN where missing."""
+    spec = data.spec
+    if not spec.auxiliary_labels:
+        raise ValueError(
+            f"FusionHeadModel(multitask=True) needs auxiliary labels, but spec {spec.name!r} has no "
+            "auxiliary_labels. Add them to the spec or use multitask=False"
+        )
+    loaded = data.auxiliary_labels or {}
+    missing = [name for name in spec.auxiliary_labels if name not in loaded]
+    if missing:
+        raise ValueError(
+            f"FusionHeadModel(multitask=True): the data lacks the auxiliary label(s) {missing} of spec "
+            f"{spec.name!r}. Load it with load_experiment_data, which reads them from the catalogue"
+        )
+    tasks = tuple(spec.auxiliary_labels.items())
+    targets = np.column_stack([loaded[name] for name, _ in tasks]).astype(np.float32)  # (N, A)
+    return tasks, torch.from_numpy(targets)
 
 
 def _attributes_present(data: ExperimentData) -> np.ndarray:

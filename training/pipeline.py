@@ -67,12 +67,22 @@ class JobOptions:
     progress: bool | None
     fusion_head: str = DEFAULT_FUSION_HEAD
     boosted_config: Path = DEFAULT_BOOSTED_CONFIG
+    auxiliary_labels: bool = True
+
+
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" to option help, except where the default is None and the help names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m training.pipeline",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsHelpFormatter,
         description=(
             "Build a catalogue's features, train a fusion model, serve it with the three gRPC "
             "services and score held-out products through the predictor."
@@ -116,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="torch device: auto (CUDA when present), cpu, cuda")
 
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, the sample and training")
-    parser.add_argument("--epochs", type=int, default=200, help="maximum training epochs (early stopping)")
+    parser.add_argument(
+        "--epochs", type=int, default=200, help="maximum training epochs of a neural head (early stopping)"
+    )
     parser.add_argument(
         "--fusion-head", choices=[BOOSTED_HEAD, *FUSION_HEADS], default=DEFAULT_FUSION_HEAD,
         help="how the model fuses image, text and attributes: boosted trees on embedding projections "
@@ -125,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--boosted-config", type=Path, default=DEFAULT_BOOSTED_CONFIG,
         help="YAML hyperparameters of the boosted head (fusion/boosted/config.py)",
+    )
+    parser.add_argument(
+        "--auxiliary-labels", action=argparse.BooleanOptionalAction, default=True,
+        help="also train a neural fusion head on the spec's auxiliary labels, each masked where a "
+        "product has no value. The boosted head never uses them",
     )
     parser.add_argument(
         "--inline-products", type=int, default=8,
@@ -240,6 +257,7 @@ def run_job(options: JobOptions) -> JobReport:
                 epochs=options.epochs,
                 device=options.device,
                 fusion_head=cast(FusionHead, options.fusion_head),
+                use_auxiliary_labels=options.auxiliary_labels,
             )
 
     write_serving_environment(run_dir / "serve.env", trained.checkpoint_dir, store_settings)
@@ -260,7 +278,11 @@ def run_job(options: JobOptions) -> JobReport:
 
     report = JobReport.build(
         run_dir=run_dir,
-        options={key: None if value is None else str(value) for key, value in asdict(options).items()},
+        options={
+            **{key: None if value is None else str(value) for key, value in asdict(options).items()},
+            # A generated sample catalogue lives in the run folder; experiments read it from there.
+            "catalogue": str(catalogue.root),
+        },
         catalogue=catalogue,
         split_sizes={"train": len(split.train), "validation": len(split.validation), "test": len(split.test)},
         labels=catalogue.labels[split.test],

@@ -78,7 +78,7 @@ class JobReport:
                 np.max(np.abs(served.inline.quality - reference.quality[positions]))
             )
         contributions = served.by_id.contributions.mean(axis=0)
-        plots = write_job_plots(run_dir, task, labels, served.by_id.quality, served.by_id.contributions)
+        plots = write_job_plots(run_dir, task, catalogue.spec.label_column, labels, served.by_id.quality, served.by_id.contributions)
         return cls(
             run_dir=run_dir,
             dataset=catalogue.spec.name,

@@ -15,21 +15,21 @@ from training.experiment_report import plot_calibration  # noqa: E402
 MODALITY_NAMES = ("image", "text", "attributes")
 
 
-def plot_predicted_vs_actual(labels: np.ndarray, predicted: np.ndarray, path: Path) -> None:
+def plot_predicted_vs_actual(labels: np.ndarray, predicted: np.ndarray, label: str, path: Path) -> None:
     """Scatter the served test predictions against the labels, with the identity line."""
     figure, axes = plt.subplots(figsize=(5.5, 5))
     axes.scatter(labels, predicted, s=6, alpha=0.5)
     low, high = float(np.min(labels)), float(np.max(labels))
     axes.plot([low, high], [low, high], linestyle="--", color="grey")
-    axes.set_xlabel("actual")
-    axes.set_ylabel("predicted (served)")
+    axes.set_xlabel(f"actual {label}")
+    axes.set_ylabel(f"predicted {label} (served)")
     axes.set_title("test split: served predictions")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
 
-def plot_contributions(contributions: np.ndarray, path: Path) -> None:
+def plot_contributions(contributions: np.ndarray, label: str, path: Path) -> None:
     """Draw the mean absolute and the mean signed Shapley contribution (B, 3) of each modality."""
     mean_absolute = np.abs(contributions).mean(axis=0)
     mean_signed = contributions.mean(axis=0)
@@ -39,7 +39,7 @@ def plot_contributions(contributions: np.ndarray, path: Path) -> None:
     axes.bar(positions + 0.2, mean_signed, width=0.4, label="mean contribution")
     axes.axhline(0.0, color="grey", linewidth=0.8)
     axes.set_xticks(positions, MODALITY_NAMES)
-    axes.set_ylabel("label units")
+    axes.set_ylabel(f"{label} units")
     axes.set_title("test split: Shapley contributions per modality")
     axes.legend()
     figure.tight_layout()
@@ -48,16 +48,16 @@ def plot_contributions(contributions: np.ndarray, path: Path) -> None:
 
 
 def write_job_plots(
-    run_dir: Path, task: str, labels: np.ndarray, predicted: np.ndarray, contributions: np.ndarray
+    run_dir: Path, task: str, label: str, labels: np.ndarray, predicted: np.ndarray, contributions: np.ndarray
 ) -> list[str]:
     """Write the run's plots into `run_dir` and return their file names."""
     names = []
     if task == "binary":
-        plot_calibration(labels, predicted, "test split: served calibration", run_dir / "calibration.png")
+        plot_calibration(labels, predicted, f"test split: served P({label})", run_dir / "calibration.png")
         names.append("calibration.png")
     else:
-        plot_predicted_vs_actual(labels, predicted, run_dir / "predictions.png")
+        plot_predicted_vs_actual(labels, predicted, label, run_dir / "predictions.png")
         names.append("predictions.png")
-    plot_contributions(contributions, run_dir / "contributions.png")
+    plot_contributions(contributions, label, run_dir / "contributions.png")
     names.append("contributions.png")
     return names

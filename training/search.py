@@ -25,7 +25,7 @@ from fusion.boosted.config import BoostedConfig
 from training.boosted_head import BoostedHeadModel
 from training.cv import make_folds
 from training.experiment import evaluate_models, MODELS
-from training.experiment_data import load_experiment_data
+from training.experiment_data import ExperimentDataError, load_experiment_data
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,8 @@ def draw_changes(rng: np.random.Generator, changes_per_candidate: int) -> dict[s
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m training.search", description=__doc__.split("\n")[0])
     parser.add_argument("--run-dir", type=Path, required=True, help="folder of a finished run (contains features/)")
+    parser.add_argument("--catalogue", type=Path, default=None, help="catalogue folder (default: the run's)")
+    parser.add_argument("--spec", default=None, help="spec name or YAML path (default: the run's)")
     parser.add_argument(
         "--base-config", type=Path, default=DEFAULT_BASE_CONFIG,
         help="YAML settings the candidates change (candidate 0 is this file unchanged)",
@@ -80,7 +82,10 @@ def main(argv: list[str] | None = None) -> None:
     options = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    data = load_experiment_data(options.run_dir)
+    try:
+        data = load_experiment_data(options.run_dir, catalogue_dir=options.catalogue, spec=options.spec)
+    except ExperimentDataError as error:
+        parser.error(str(error))
     folds = make_folds(data.labels, folds=options.folds, repeats=1, seed=options.seed, stratify=data.task == "binary")
     base = BoostedConfig.from_yaml(options.base_config).to_dict()
     rng = np.random.default_rng(options.seed)

@@ -1,4 +1,4 @@
-"""Dataset specifications: which catalogue columns are inputs, label, weight, or excluded.
+"""Dataset specifications: which catalogue columns are inputs, label, auxiliary labels, weight, or excluded.
 
 A spec is a YAML file. The built-in ones live in `training/specs/` and load by name
 (`load_spec("boardgames")`), and any other file loads by path. Loading validates the keys and
@@ -34,6 +34,7 @@ _OPTIONAL_KEYS = (
     "weight_column",
     "missing_values",
     "tag_columns",
+    "auxiliary_labels",
 )
 _EXCLUSION_KEYS = ("kind", "reason")
 
@@ -75,6 +76,9 @@ class DatasetSpec:
     # Multi-valued tag columns, each with the separator between its tags ({"mechanics": "; "}). A tag
     # column may also be a text column, but no other role.
     tag_columns: Mapping[str, str] = field(default_factory=dict)
+    # Auxiliary training targets, column -> task ({"product_rating": "regression"}). They are never
+    # inputs, and a product may lack a value (NaN), which masks it out of that task's loss.
+    auxiliary_labels: Mapping[str, Task] = field(default_factory=dict)
     source: Path | None = field(default=None, compare=False)  # YAML file the spec was read from
 
     @property
@@ -108,6 +112,7 @@ class DatasetSpec:
         names = [self.id_column, *self.input_columns, self.label_column]
         if self.weight_column is not None:
             names.append(self.weight_column)
+        names.extend(self.auxiliary_labels)
         names.extend(self.excluded_names)
         return tuple(dict.fromkeys(names))
 
@@ -166,6 +171,7 @@ class DatasetSpec:
             "weight_column": self.weight_column,
             "missing_values": {name: list(values) for name, values in self.missing_values},
             "tag_columns": dict(self.tag_columns),
+            "auxiliary_labels": dict(self.auxiliary_labels),
             "excluded_columns": {
                 column.name: {"kind": column.kind, "reason": column.reason}
                 for column in self.excluded_columns
@@ -246,6 +252,7 @@ def spec_from_dict(data: Any, *, source: Path | None = None) -> DatasetSpec:
         weight_column=weight_column,
         missing_values=_missing_values(data.get("missing_values"), where),
         tag_columns=_tag_columns(data.get("tag_columns"), where),
+        auxiliary_labels=_auxiliary_labels(data.get("auxiliary_labels"), where),
         source=source,
     )
     _check_roles(spec, where)
@@ -354,6 +361,26 @@ def _tag_columns(value: Any, where: str) -> dict[str, str]:
     return columns
 
 
+def _auxiliary_labels(value: Any, where: str) -> dict[str, Task]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise SpecError(
+            f"{where}: auxiliary_labels: expected a mapping of column name to task "
+            f"({', '.join(get_args(Task))}), got {type(value).__name__}"
+        )
+    labels: dict[str, Task] = {}
+    for name, task in value.items():
+        if not isinstance(name, str) or not name.strip():
+            raise SpecError(f"{where}: auxiliary_labels: expected non-empty column names, got {name!r}")
+        if task not in get_args(Task):
+            raise SpecError(
+                f"{where}: auxiliary_labels.{name}: expected one of {', '.join(get_args(Task))}, got {task!r}"
+            )
+        labels[name] = cast(Task, task)
+    return labels
+
+
 def _check_roles(spec: DatasetSpec, where: str) -> None:
     """Raise SpecError when one column has two roles or an excluded column is an input."""
     roles: dict[str, list[str]] = {}
@@ -376,6 +403,8 @@ def _check_roles(spec: DatasetSpec, where: str) -> None:
     assign(spec.label_column, "label_column")
     if spec.weight_column is not None:
         assign(spec.weight_column, "weight_column")
+    for column in spec.auxiliary_labels:
+        assign(column, "auxiliary_labels")
     clashes = [f"{column} ({' and '.join(names)})" for column, names in roles.items() if len(names) > 1]
     if clashes:
         raise SpecError(f"{where}: column(s) with more than one role: {'; '.join(clashes)}")
@@ -406,9 +435,12 @@ def _check_roles(spec: DatasetSpec, where: str) -> None:
         if name in spec.numeric_columns and any(isinstance(item, str) for item in values):
             raise SpecError(f"{where}: missing_values.{name}: a numeric column takes numbers, got {values!r}")
 
-    # The weight column may also be listed as excluded (to record why it is not an input).
+    # The weight column and auxiliary labels may also be listed as excluded (to record why they are
+    # not inputs).
     for excluded in spec.excluded_columns:
-        used_as = [role for role in roles.get(excluded.name, []) if role != "weight_column"]
+        used_as = [
+            role for role in roles.get(excluded.name, []) if role not in ("weight_column", "auxiliary_labels")
+        ]
         if used_as:
             raise SpecError(
                 f"{where}: excluded_columns.{excluded.name}: the column is excluded ({excluded.kind}: "

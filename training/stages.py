@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import shlex
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -186,8 +186,13 @@ def train_and_save(
     epochs: int,
     device: str,
     fusion_head: FusionHead = "concat",
+    use_auxiliary_labels: bool = True,
 ) -> TrainedModel:
-    """Fit the attribute encoder and the fusion model on the training split and save the checkpoint."""
+    """Fit the attribute encoder and the fusion model on the training split and save the checkpoint.
+
+    With `use_auxiliary_labels`, the spec's auxiliary labels (if any) are extra training targets.
+    The checkpoint then contains their output layers, which serving does not use.
+    """
     catalogue = embedded.catalogue
     spec = catalogue.spec
     labels = catalogue.labels
@@ -206,11 +211,25 @@ def train_and_save(
     scaling = LabelScaling.fit(spec.task, labels[split.train])
     targets = torch.from_numpy(scaling.to_model_targets(labels).astype(np.float32))  # (N,)
 
+    # Step 4: auxiliary targets in label units, NaN where missing. train_fusion standardises them.
+    auxiliary_labels = catalogue.auxiliary_labels if use_auxiliary_labels else {}
+    auxiliary_tasks = tuple((name, spec.auxiliary_labels[name]) for name in auxiliary_labels)
+    auxiliary_targets = None
+    if auxiliary_labels:
+        auxiliary_targets = torch.from_numpy(
+            np.column_stack(list(auxiliary_labels.values())).astype(np.float32)
+        )  # (N, A)
+        logger.info("training with the auxiliary labels %s", ", ".join(auxiliary_labels))
+
     def labelled(positions: np.ndarray) -> LabelledSplit:
         index = torch.from_numpy(positions)
-        return LabelledSplit(features=batch.select(index), targets=targets[index])
+        return LabelledSplit(
+            features=batch.select(index),
+            targets=targets[index],
+            auxiliary_targets=None if auxiliary_targets is None else auxiliary_targets[index],
+        )
 
-    # Step 4: train with early stopping on the validation loss.
+    # Step 5: train with early stopping on the validation loss.
     model_config = FusionConfig(
         image_dim=int(inputs.image.shape[1]),
         text_dim=int(inputs.text.shape[1]),
@@ -218,17 +237,18 @@ def train_and_save(
         categorical_cardinalities=attribute_encoder.categorical_cardinalities,
         task=spec.task,
         head=fusion_head,
+        auxiliary_tasks=auxiliary_tasks,
     )
     train_config = TrainConfig(epochs=epochs, seed=seed, device=device)
     model, history = train_fusion(labelled(split.train), labelled(split.validation), model_config, train_config)
 
-    # Step 5: validation metrics in label units, recorded in the checkpoint.
+    # Step 6: validation metrics in label units, recorded in the checkpoint.
     model = model.to("cpu").eval()
     validation_metrics = _metrics(
         spec.task, labels[split.validation], _predict_quality(model, batch, split.validation, scaling)
     )
 
-    # Step 6: save weights, config, feature schema, encoder ids and metrics together.
+    # Step 7: save weights, config, feature schema, encoder ids and metrics together.
     save_checkpoint(
         checkpoint_dir,
         model,
@@ -242,7 +262,14 @@ def train_and_save(
             text_model_id=embedded.text_model_id,
             class_labels=["0", "1"] if spec.task == "binary" else [],
             metrics={"validation": validation_metrics},
-            training_config={**train_config.to_dict(), "epochs_run": history.epochs_run},
+            training_config={
+                **train_config.to_dict(),
+                "epochs_run": history.epochs_run,
+                # Maps each auxiliary output back to label units; serving does not read it.
+                "auxiliary_label_scalings": {
+                    name: asdict(scaling) for name, scaling in history.auxiliary_scalings.items()
+                },
+            },
             seed=seed,
         ),
         overwrite=True,

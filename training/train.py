@@ -16,7 +16,14 @@ from torch.nn import functional as F
 
 from fusion.batch import FusionBatch
 from fusion.device import resolve_device
+from fusion.labels import LabelScaling
 from fusion.model import FusionConfig, FusionModel, Task
+from training.auxiliary_tasks import (
+    check_auxiliary_targets,
+    fit_auxiliary_scalings,
+    masked_auxiliary_loss,
+    scale_auxiliary_targets,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +65,9 @@ class LabelledSplit:
     features: FusionBatch
     targets: torch.Tensor  # (N,) float32: standardised labels for regression, 0 or 1 for binary
     weights: torch.Tensor | None = None  # (N,) float32 non-negative sample weights; None means all 1
+    # (N, A) float32 auxiliary targets in label units, columns in FusionConfig.auxiliary_tasks order,
+    # NaN where a product has no value. train_fusion standardises the regression columns itself.
+    auxiliary_targets: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         n = len(self.features)
@@ -74,6 +84,13 @@ class LabelledSplit:
                 raise ValueError("Sample weights must be finite and non-negative.")
             if self.weights.sum() <= 0:
                 raise ValueError("Sample weights sum to 0, so the loss is undefined.")
+        if self.auxiliary_targets is not None:
+            if self.auxiliary_targets.ndim != 2 or self.auxiliary_targets.shape[0] != n:
+                raise ValueError(
+                    f"Auxiliary targets have shape {tuple(self.auxiliary_targets.shape)}, expected ({n}, A)."
+                )
+            if torch.isinf(self.auxiliary_targets).any():
+                raise ValueError("Auxiliary targets contain infinite values. Use NaN to mark a missing target.")
 
     def __len__(self) -> int:
         return len(self.features)
@@ -83,8 +100,12 @@ class LabelledSplit:
 class TrainingHistory:
     """Per-epoch losses and the epoch whose weights `train_fusion` returned (0-based)."""
 
-    train_loss: list[float] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)  # total training loss, auxiliary losses included
     validation_loss: list[float] = field(default_factory=list)
+    # Mean masked auxiliary-task loss per epoch, before auxiliary_task_weight; empty without auxiliary tasks.
+    auxiliary_task_loss: list[float] = field(default_factory=list)
+    # Per auxiliary task, the scaling between its label units and the model's auxiliary output.
+    auxiliary_scalings: dict[str, LabelScaling] = field(default_factory=dict)
     best_epoch: int = -1
     best_validation_loss: float = float("inf")
     stopped_early: bool = False
@@ -109,12 +130,16 @@ def train_fusion(
     The loss is the sample-weighted MSE on standardised labels for regression and the
     sample-weighted binary cross-entropy on logits for binary classification. With
     `model_config.auxiliary_loss_weight` above 0, the training loss adds that weight times the loss
-    of the per-modality auxiliary heads. The validation loss and early stopping use the fused
-    prediction only. The returned model is on the training device, in eval mode.
+    of the per-modality auxiliary heads. With `model_config.auxiliary_tasks`, it also adds
+    `auxiliary_task_weight` times the mean masked loss of the auxiliary tasks (training.auxiliary_tasks),
+    whose regression targets are standardised with the training rows' statistics. The validation
+    loss and early stopping use the fused prediction only. The returned model is on the training
+    device, in eval mode.
     """
     if model_config.task == "binary":
         _require_binary_targets(train, "training")
         _require_binary_targets(validation, "validation")
+    _require_auxiliary_targets(train, model_config)
     device = resolve_device(train_config.device)
 
     # Seed every random source, so the same data and configs give the same model on CPU.
@@ -129,6 +154,11 @@ def train_fusion(
     train_weights = _weights_or_ones(train).to(device)
 
     history = TrainingHistory()
+    train_auxiliary: torch.Tensor | None = None  # (N, A) model targets, NaN where missing
+    if train.auxiliary_targets is not None:
+        history.auxiliary_scalings = fit_auxiliary_scalings(model_config.auxiliary_tasks, train.auxiliary_targets)
+        train_auxiliary = scale_auxiliary_targets(history.auxiliary_scalings, train.auxiliary_targets).to(device)
+
     best_state = copy.deepcopy(model.state_dict())
     epochs_without_improvement = 0
     started = time.perf_counter()
@@ -143,12 +173,13 @@ def train_fusion(
         model.train()
         order = torch.randperm(len(train), generator=shuffle_generator).to(device)
         loss_sum = 0.0
+        auxiliary_sum = 0.0
         weight_sum = 0.0
         for start in range(0, len(train), train_config.batch_size):
             index = order[start : start + train_config.batch_size]
             batch_weights = train_weights[index]  # (b,)
 
-            # 2. Forward pass and weighted loss of the minibatch, plus the auxiliary loss when enabled.
+            # 2. Forward pass and weighted loss of the minibatch, plus the auxiliary losses when enabled.
             outputs = train_features.select(index).run_outputs(model)
             batch_targets = train_targets[index]  # (b,)
             loss = _weighted_loss(model_config.task, outputs.prediction.squeeze(-1), batch_targets, batch_weights)
@@ -157,6 +188,12 @@ def train_fusion(
                     model_config.task, outputs.modality_predictions, outputs.present, batch_targets, batch_weights
                 )
                 loss = loss + model_config.auxiliary_loss_weight * auxiliary
+            if outputs.auxiliary is not None and train_auxiliary is not None:
+                auxiliary_task_loss = masked_auxiliary_loss(
+                    model_config.auxiliary_tasks, outputs.auxiliary, train_auxiliary[index], batch_weights
+                )
+                loss = loss + model_config.auxiliary_task_weight * auxiliary_task_loss
+                auxiliary_sum += auxiliary_task_loss.item() * batch_weights.sum().item()
 
             # 3. Backward pass, gradient clipping and optimiser step.
             optimizer.zero_grad(set_to_none=True)
@@ -172,6 +209,8 @@ def train_fusion(
         validation_loss = evaluate_loss(model, validation, batch_size=train_config.batch_size)
         history.train_loss.append(loss_sum / weight_sum)
         history.validation_loss.append(validation_loss)
+        if train_auxiliary is not None:
+            history.auxiliary_task_loss.append(auxiliary_sum / weight_sum)
         logger.info(
             "epoch %d: train loss %.5f, validation loss %.5f", epoch + 1, history.train_loss[-1], validation_loss
         )
@@ -266,6 +305,23 @@ def _weights_or_ones(split: LabelledSplit) -> torch.Tensor:
     if split.weights is None:
         return torch.ones(len(split), dtype=torch.float32)
     return split.weights.float()
+
+
+def _require_auxiliary_targets(train: LabelledSplit, config: FusionConfig) -> None:
+    """Raise ValueError unless the training split has auxiliary targets exactly when the config has tasks."""
+    if train.auxiliary_targets is None:
+        if config.auxiliary_tasks:
+            names = [name for name, _ in config.auxiliary_tasks]
+            raise ValueError(
+                f"FusionConfig.auxiliary_tasks names {names}, but the training split has no auxiliary_targets."
+            )
+        return
+    if not config.auxiliary_tasks:
+        raise ValueError(
+            "The training split has auxiliary_targets, but FusionConfig.auxiliary_tasks is empty. "
+            "Name the tasks in the config or leave the targets out."
+        )
+    check_auxiliary_targets(config.auxiliary_tasks, train.auxiliary_targets, "training")
 
 
 def _require_binary_targets(split: LabelledSplit, name: str) -> None:

@@ -79,7 +79,7 @@ def test_search_draws_are_reproducible():
 
 
 def test_search_stops_at_candidate_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, regression_data):
-    monkeypatch.setattr("training.search.load_experiment_data", lambda run_dir: regression_data)
+    monkeypatch.setattr("training.search.load_experiment_data", lambda run_dir, **options: regression_data)
     base = tmp_path / "base.yaml"
     base.write_text(yaml.safe_dump(FAST.to_dict()))
 

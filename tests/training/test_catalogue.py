@@ -124,6 +124,35 @@ def test_catalogue_invalid_binary_label(tmp_path: Path) -> None:
         load_catalogue(write_catalogue(tmp_path, rows), tiny_spec("binary"))
 
 
+def auxiliary_spec() -> DatasetSpec:
+    return tiny_spec(
+        numeric_columns=["price"],
+        missing_values={"category": ["unknown"]},
+        auxiliary_labels={"stars": "regression", "keywords": "binary"},
+    )
+
+
+def test_catalogue_auxiliary_labels(tmp_path: Path) -> None:
+    rows = [
+        {"product_id": "a", "title": "A", "quality": "3", "stars": "4.5", "keywords": "true"},
+        {"product_id": "b", "title": "B", "quality": "", "stars": "2", "keywords": "0"},
+        {"product_id": "c", "title": "C", "quality": "1", "stars": "", "keywords": ""},
+    ]
+    catalogue = load_catalogue(write_catalogue(tmp_path, rows), auxiliary_spec())
+
+    auxiliary = catalogue.auxiliary_labels
+    assert list(auxiliary) == ["stars", "keywords"]
+    np.testing.assert_array_equal(auxiliary["stars"], [4.5, np.nan])
+    np.testing.assert_array_equal(auxiliary["keywords"], [1.0, np.nan])
+    assert "stars" not in catalogue.attributes().columns
+
+
+def test_catalogue_invalid_auxiliary_label(tmp_path: Path) -> None:
+    rows = [{"product_id": "a", "title": "A", "quality": "3", "keywords": "maybe"}]
+    with pytest.raises(CatalogueError, match="keywords is 'maybe' for product 'a'"):
+        load_catalogue(write_catalogue(tmp_path, rows), auxiliary_spec())
+
+
 def test_catalogue_duplicate_ids(tmp_path: Path) -> None:
     rows = [
         {"product_id": "a", "title": "A", "quality": "1"},

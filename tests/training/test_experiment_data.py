@@ -1,3 +1,4 @@
+from dataclasses import replace
 from datetime import datetime, timezone
 
 import numpy as np
@@ -66,3 +67,21 @@ def test_loader_keeps_stored_products(tmp_path):
 def test_loader_rejects_folder_without_features(tmp_path):
     with pytest.raises(ExperimentDataError, match="feature_schema.json not found"):
         load_experiment_data(tmp_path)
+
+
+def test_take_keeps_auxiliary_labels_aligned(regression_data):
+    score = np.arange(len(regression_data), dtype=np.float64)
+    score[1] = np.nan
+    data = replace(regression_data, auxiliary_labels={"score": score})
+
+    taken = data.take(np.array([3, 1, 0]))
+
+    np.testing.assert_array_equal(taken.auxiliary_labels["score"], [3.0, np.nan, 0.0])
+    assert taken.product_ids.tolist() == [data.product_ids[3], data.product_ids[1], data.product_ids[0]]
+    assert data.without("image").auxiliary_labels is data.auxiliary_labels
+    assert regression_data.take(np.array([0])).auxiliary_labels is None
+
+
+def test_auxiliary_labels_length_checked(regression_data):
+    with pytest.raises(ExperimentDataError, match="auxiliary_labels"):
+        replace(regression_data, auxiliary_labels={"score": np.zeros(3)})

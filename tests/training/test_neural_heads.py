@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -5,6 +7,7 @@ from training.cv import make_folds
 from training.experiment import evaluate_models
 from training.metrics import classification_metrics, regression_metrics
 from training.neural_heads import FusionHeadModel
+from training.spec import spec_from_dict
 
 
 def _fast(head: str) -> FusionHeadModel:
@@ -62,3 +65,30 @@ def test_fusion_head_out_of_fold_in_stack(regression_data):
     assert np.isfinite(predictions).all()
     assert np.isfinite(result.predictions["stack"]).all()
     assert len(result.fold_metrics["fusion_concat"]) == 3
+
+
+def _with_auxiliary_labels(data):
+    """Return `data` with a regression auxiliary label from its text vector, missing for every third product."""
+    spec = spec_from_dict({**data.spec.to_dict(), "auxiliary_labels": {"text_score": "regression"}})
+    score = 2.0 * data.text[:, 0].astype(np.float64)
+    score[::3] = np.nan
+    return replace(data, spec=spec, auxiliary_labels={"text_score": score})
+
+
+def test_fusion_head_multitask_fits(regression_data):
+    data = _with_auxiliary_labels(regression_data)
+    fold = make_folds(data.labels, folds=4, seed=0)[0]
+    model = FusionHeadModel("concat", seed=0, epochs=10, patience=10, device="cpu", multitask=True)
+    model.fit(data.take(fold.train))
+
+    predicted = model.predict(data.take(fold.test))
+
+    assert model.model.config.auxiliary_tasks == (("text_score", "regression"),)
+    assert predicted.shape == (fold.test.size,)
+    assert np.isfinite(predicted).all()
+
+
+def test_fusion_head_multitask_needs_auxiliary_labels(regression_data):
+    model = FusionHeadModel("concat", seed=0, epochs=1, device="cpu", multitask=True)
+    with pytest.raises(ValueError, match="has no auxiliary_labels"):
+        model.fit(regression_data)

@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from training.catalogue import default_datasets_dir
+from training.experiment_data import load_experiment_data
 from training.pipeline import main, parse_options, run_job
 
 pytestmark = pytest.mark.slow
@@ -46,6 +47,8 @@ def test_sample_job_with_sqlite(tmp_path: Path) -> None:
     assert set(written["stage_seconds"]) == {
         "catalogue", "embed", "features", "train", "evaluate", "serve_and_score",
     }
+    # The generated catalogue is recorded, so experiments on this run need no --catalogue.
+    assert len(load_experiment_data(tmp_path / "sample")) == sum(written["split_sizes"].values())
 
 
 @pytest.mark.skipif(not BOARDGAMES.is_dir(), reason=f"board games dataset not found at {BOARDGAMES}")

@@ -15,7 +15,7 @@ def test_binary_run_gets_calibration_plot(tmp_path: Path):
     labels = (rng.uniform(size=200) < probability).astype(float)
     contributions = rng.normal(size=(200, 3))
 
-    names = write_job_plots(tmp_path, "binary", labels, probability, contributions)
+    names = write_job_plots(tmp_path, "binary", "has_rating", labels, probability, contributions)
 
     assert names == ["calibration.png", "contributions.png"]
     assert all((tmp_path / name).read_bytes().startswith(b"\x89PNG") for name in names)
@@ -24,7 +24,7 @@ def test_binary_run_gets_calibration_plot(tmp_path: Path):
 def test_regression_run_gets_prediction_plot(tmp_path: Path):
     labels = np.linspace(1.0, 9.0, 50)
 
-    names = write_job_plots(tmp_path, "regression", labels, labels + 0.1, np.zeros((50, 3)))
+    names = write_job_plots(tmp_path, "regression", "avg_rating", labels, labels + 0.1, np.zeros((50, 3)))
 
     assert names == ["predictions.png", "contributions.png"]
     assert (tmp_path / "predictions.png").stat().st_size > 0

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
-from training.catalogue import PRODUCTS_FILE, default_datasets_dir
+from training.catalogue import PRODUCTS_FILE, default_datasets_dir, load_catalogue
 from training.sample import generate_sample_catalogue
 from training.spec import SpecError, builtin_spec_names, load_spec, spec_from_dict
 
@@ -217,6 +218,60 @@ def test_flipkart_other_labels_excluded() -> None:
     assert "product_rating" in spec.leak_columns
     for column in ("is_fk_advantage", "crawl_timestamp", "category_tree", "product_specifications"):
         assert column in spec.excluded_names
+
+
+def test_spec_auxiliary_labels(tmp_path: Path) -> None:
+    auxiliary = {"returns": "regression", "resold": "binary"}
+    spec = load_spec(write_spec(tmp_path, changed(auxiliary_labels=auxiliary)))
+    assert spec.auxiliary_labels == auxiliary
+    assert "resold" in spec.required_columns
+    assert "returns" not in spec.input_columns
+    assert "resold" not in spec.input_columns
+    assert spec_from_dict(spec.to_dict()) == spec
+
+
+def test_spec_auxiliary_labels_default_empty(tmp_path: Path) -> None:
+    assert load_spec(write_spec(tmp_path, VALID)).auxiliary_labels == {}
+
+
+@pytest.mark.parametrize(
+    ("auxiliary_labels", "message"),
+    [
+        ({"price": "regression"}, r"price \(numeric_columns and auxiliary_labels\)"),
+        ({"title": "binary"}, r"title \(text_columns and auxiliary_labels\)"),
+        ({"quality": "regression"}, r"quality \(label_column and auxiliary_labels\)"),
+        ({"product_id": "binary"}, r"product_id \(id_column and auxiliary_labels\)"),
+        ({"returns": "ordinal"}, "auxiliary_labels.returns: expected one of regression, binary"),
+        (["returns"], "auxiliary_labels: expected a mapping"),
+    ],
+)
+def test_spec_invalid_auxiliary_labels(tmp_path: Path, auxiliary_labels: object, message: str) -> None:
+    path = write_spec(tmp_path, changed(auxiliary_labels=auxiliary_labels))
+    with pytest.raises(SpecError, match=message) as error:
+        load_spec(path)
+    assert str(path) in str(error.value)
+
+
+@pytest.mark.slow
+def test_flipkart_auxiliary_label_counts() -> None:
+    root = default_datasets_dir() / "flipkart"
+    if not (root / PRODUCTS_FILE).is_file():
+        pytest.skip(f"{root / PRODUCTS_FILE} not found. Set PQ_DATASETS_DIR to the folder that contains flipkart/")
+    spec = load_spec("flipkart")
+    assert spec.auxiliary_labels == {"product_rating": "regression", "is_fk_advantage": "binary"}
+
+    catalogue = load_catalogue(root, spec)
+
+    rating = catalogue.auxiliary_labels["product_rating"]
+    advantage = catalogue.auxiliary_labels["is_fk_advantage"]
+    assert len(rating) == len(advantage) == 1047
+    assert np.isfinite(rating).sum() == 161
+    assert np.nanmin(rating) >= 1.0
+    assert np.nanmax(rating) <= 5.0
+    # The rating is present exactly for the products whose main label has_rating is 1.
+    np.testing.assert_array_equal(np.isfinite(rating), catalogue.labels == 1.0)
+    assert np.isfinite(advantage).all()
+    assert advantage.sum() == 57
 
 
 def test_check_csv_missing_column(tmp_path: Path) -> None:
