@@ -26,7 +26,8 @@ class FusionConfig:
 
     The output is one value per product: the standardised label for regression, the logit of the
     positive class for binary classification. A checkpoint written before `head` existed has no
-    `head` field and loads as "concat", the only head at that time.
+    `head` field and loads as "concat", the only head at that time, and one written before
+    auxiliary tasks existed loads without them.
     """
 
     image_dim: int
@@ -47,6 +48,11 @@ class FusionConfig:
     # Weight of the auxiliary per-modality losses in training, where a linear head per modality
     # predicts the label from that modality alone. At 0 the model has no auxiliary heads.
     auxiliary_loss_weight: float = 0.0
+    # Auxiliary training targets as (name, task) pairs, in the column order of the auxiliary targets.
+    # Each gets a linear output on the main head's hidden layer. The main prediction does not use them.
+    auxiliary_tasks: tuple[tuple[str, Task], ...] = ()
+    # Weight of the mean auxiliary-task loss that training adds to the main loss.
+    auxiliary_task_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -83,6 +89,12 @@ class FusionConfig:
             raise ValueError(
                 f"FusionConfig.auxiliary_loss_weight must not be negative, got {self.auxiliary_loss_weight}."
             )
+        if not self.auxiliary_task_weight >= 0:
+            raise ValueError(
+                f"FusionConfig.auxiliary_task_weight must not be negative, got {self.auxiliary_task_weight}."
+            )
+        # JSON stores the pairs as lists, so they are converted back to tuples here.
+        self.auxiliary_tasks = _checked_auxiliary_tasks(self.auxiliary_tasks)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,6 +116,9 @@ class FusionOutputs:
     modality_gates: torch.Tensor | None  # (B, 3) sigmoid gates of the gated head
     modality_predictions: torch.Tensor | None  # (B, 3) auxiliary per-modality outputs; None when disabled
     present: torch.Tensor  # (B, 3) bool: the modalities used, after modality dropout in training
+    # (B, A) one output per FusionConfig.auxiliary_tasks entry, in that order: the standardised
+    # target or the logit. None without auxiliary tasks.
+    auxiliary: torch.Tensor | None = None
 
 
 class FusionModel(nn.Module):
@@ -144,6 +159,14 @@ class FusionModel(nn.Module):
         if config.auxiliary_loss_weight > 0:
             self.auxiliary_heads = nn.ModuleList(nn.Linear(d, 1) for _ in MODALITIES)
 
+        # One linear output per auxiliary task on the main head's hidden layer, used only in training.
+        # Created last, so the other layers get the same initial weights with or without them.
+        self.auxiliary_task_outputs: nn.ModuleList | None = None
+        if config.auxiliary_tasks:
+            self.auxiliary_task_outputs = nn.ModuleList(
+                nn.Linear(config.hidden_dim, 1) for _ in config.auxiliary_tasks
+            )
+
     def forward(
         self,
         image: torch.Tensor,  # (B, Di) float32
@@ -162,7 +185,7 @@ class FusionModel(nn.Module):
         categorical: torch.Tensor,  # (B, Fc) int64
         present: torch.Tensor,  # (B, 3) bool, columns in MODALITIES order
     ) -> FusionOutputs:
-        """Compute the prediction and, where the head and config have them, the per-modality outputs."""
+        """Compute the prediction and, where the head and config have them, the per-modality and auxiliary-task outputs."""
         self._check_shapes(image, text, numeric, categorical, present)
 
         # Modality dropout: in training, mark random modalities missing so the missing vectors learn
@@ -200,12 +223,20 @@ class FusionModel(nn.Module):
                 [aux(projected[:, m]) for m, aux in enumerate(self.auxiliary_heads)], dim=1
             )  # (B, 3)
 
+        # Auxiliary-task outputs from the same hidden layer that the main prediction comes from.
+        auxiliary = None
+        if self.auxiliary_task_outputs is not None:
+            auxiliary = torch.cat(
+                [output(head_output.hidden) for output in self.auxiliary_task_outputs], dim=1
+            )  # (B, A)
+
         return FusionOutputs(
             prediction=head_output.prediction,
             modality_weights=head_output.modality_weights,
             modality_gates=head_output.modality_gates,
             modality_predictions=modality_predictions,
             present=present,
+            auxiliary=auxiliary,
         )
 
     def _check_shapes(
@@ -235,6 +266,28 @@ class FusionModel(nn.Module):
 
 # The model's name from when concatenation was its only head.
 ConcatFusionModel = FusionModel
+
+
+def _checked_auxiliary_tasks(tasks: Any) -> tuple[tuple[str, Task], ...]:
+    """Return the (name, task) pairs as tuples, or raise ValueError naming the invalid entry."""
+    checked: list[tuple[str, Task]] = []
+    for entry in tasks:
+        is_pair = isinstance(entry, (tuple, list)) and len(entry) == 2
+        if not is_pair or not isinstance(entry[0], str) or not entry[0]:
+            raise ValueError(
+                f"FusionConfig.auxiliary_tasks must contain (name, task) pairs with a non-empty name, got {entry!r}."
+            )
+        name, task = entry
+        if task not in TASKS:
+            raise ValueError(
+                f"FusionConfig.auxiliary_tasks: task {task!r} of {name!r} is not supported. Use one of {list(TASKS)}."
+            )
+        checked.append((name, task))
+    names = [name for name, _ in checked]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"FusionConfig.auxiliary_tasks names {duplicates} more than once.")
+    return tuple(checked)
 
 
 def _build_head(config: FusionConfig) -> nn.Module:

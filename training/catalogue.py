@@ -89,7 +89,7 @@ class Catalogue:
 
     @property
     def auxiliary_labels(self) -> dict[str, np.ndarray]:
-        """Each auxiliary label of the spec, (N,) float64 with NaN where missing; empty without any."""
+        """Each auxiliary label of the spec as (N,) float64, NaN where missing. Empty when the spec has none."""
         return {
             name: self.frame[name].to_numpy(dtype=np.float64) for name in self.spec.auxiliary_labels
         }

@@ -52,7 +52,10 @@ MODELS: dict[str, Callable[[int], ExperimentModel]] = {
     "fusion_attention": lambda seed: FusionHeadModel("attention", seed=seed),
     "fusion_gated": lambda seed: FusionHeadModel("gated", seed=seed),
     "fusion_transformer": lambda seed: FusionHeadModel("transformer", seed=seed),
+    # Needs a spec with auxiliary_labels (Flipkart), so it is not in the default model list.
+    "fusion_concat_multitask": lambda seed: FusionHeadModel("concat", seed=seed, multitask=True),
 }
+NEEDS_AUXILIARY_LABELS = ("fusion_concat_multitask",)
 DROPPED_MODALITIES = ("image", "text", "attributes")
 STACK_NAME = "stack"  # ridge on the out-of-fold predictions of every other model evaluated
 BASELINE_NAME = "lightgbm_baseline"
@@ -157,8 +160,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=1, help="number of K-fold repetitions (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of repetition 0; repetition r uses seed+r")
     parser.add_argument(
-        "--models", nargs="+", default=[*MODELS, STACK_NAME], choices=[*MODELS, STACK_NAME],
-        help="models to evaluate (default: all)",
+        "--models", nargs="+", default=[name for name in [*MODELS, STACK_NAME] if name not in NEEDS_AUXILIARY_LABELS],
+        choices=[*MODELS, STACK_NAME],
+        help="models to evaluate (default: all but fusion_concat_multitask, which needs auxiliary labels)",
     )
     parser.add_argument("--out", type=Path, default=None, help="report folder (default: RUN_DIR/experiments/<UTC time>)")
     return parser

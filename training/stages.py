@@ -265,7 +265,7 @@ def train_and_save(
             training_config={
                 **train_config.to_dict(),
                 "epochs_run": history.epochs_run,
-                # Maps each auxiliary output back to label units; serving does not read it.
+                # Maps each auxiliary output back to label units. Serving does not read it.
                 "auxiliary_label_scalings": {
                     name: asdict(scaling) for name, scaling in history.auxiliary_scalings.items()
                 },

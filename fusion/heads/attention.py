@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fusion.heads.base import HeadOutput, prediction_mlp
+from fusion.heads.base import HeadOutput, prediction_mlp, run_prediction_mlp
 
 
 class AttentionHead(nn.Module):
@@ -34,4 +34,5 @@ class AttentionHead(nn.Module):
         # Weighted sum of the modality vectors.
         pooled = (weights.unsqueeze(-1) * tokens).sum(dim=1)  # (B, D)
 
-        return HeadOutput(prediction=self.mlp(pooled), modality_weights=weights)  # (B, 1), (B, M)
+        prediction, hidden = run_prediction_mlp(self.mlp, pooled)  # (B, 1), (B, H)
+        return HeadOutput(prediction=prediction, hidden=hidden, modality_weights=weights)

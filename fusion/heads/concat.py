@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fusion.heads.base import HeadOutput
+from fusion.heads.base import HeadOutput, run_prediction_mlp
 
 
 class ConcatHead(nn.Sequential):
@@ -25,4 +25,5 @@ class ConcatHead(nn.Sequential):
 
     def forward(self, tokens: torch.Tensor) -> HeadOutput:  # tokens (B, M, D)
         fused = tokens.flatten(start_dim=1)  # (B, M * D)
-        return HeadOutput(prediction=super().forward(fused))  # (B, 1)
+        prediction, hidden = run_prediction_mlp(self, fused)  # (B, 1), (B, H)
+        return HeadOutput(prediction=prediction, hidden=hidden)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fusion.heads.base import HeadOutput, prediction_mlp
+from fusion.heads.base import HeadOutput, prediction_mlp, run_prediction_mlp
 
 
 class GatedHead(nn.Module):
@@ -28,6 +28,6 @@ class GatedHead(nn.Module):
 
         # Gate each modality, then concatenate and predict.
         gated = tokens * gates.unsqueeze(-1)  # (B, M, D)
-        prediction = self.mlp(gated.flatten(start_dim=1))  # (B, 1)
+        prediction, hidden = run_prediction_mlp(self.mlp, gated.flatten(start_dim=1))  # (B, 1), (B, H)
 
-        return HeadOutput(prediction=prediction, modality_gates=gates)
+        return HeadOutput(prediction=prediction, hidden=hidden, modality_gates=gates)

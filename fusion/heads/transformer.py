@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fusion.heads.base import HeadOutput, prediction_mlp
+from fusion.heads.base import HeadOutput, prediction_mlp, run_prediction_mlp
 
 
 class _EncoderLayer(nn.Module):
@@ -94,4 +94,5 @@ class TransformerHead(nn.Module):
         # weight on itself is masked to 0.
         pooled = self.final_norm(tokens[:, 0])  # (B, D)
         modality_weights = weights[:, 0, 1:]  # (B, M)
-        return HeadOutput(prediction=self.mlp(pooled), modality_weights=modality_weights)
+        prediction, hidden = run_prediction_mlp(self.mlp, pooled)  # (B, 1), (B, H)
+        return HeadOutput(prediction=prediction, hidden=hidden, modality_weights=modality_weights)
