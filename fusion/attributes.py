@@ -367,8 +367,12 @@ def _categorical_key(value: object) -> str | None:
 
 
 def _split_tags(value: object, separator: str) -> set[str]:
-    """Return the distinct stripped tags of a tag value, an empty set when it is missing or blank."""
+    """Return the distinct stripped tags of a tag value, an empty set when it is missing or blank.
+
+    The separator's surrounding white space is optional, so with "; " the value "A;B" has two tags.
+    """
     key = _categorical_key(value)
     if key is None:
         return set()
-    return {tag.strip() for tag in key.split(separator)} - {""}
+    core = separator.strip() or separator
+    return {tag.strip() for tag in key.split(core)} - {""}

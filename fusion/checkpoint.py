@@ -151,7 +151,7 @@ def load_checkpoint(directory: Path | str, *, device: torch.device | str = "cpu"
         )
     try:
         document = json.loads(metadata_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, ValueError) as error:  # ValueError covers invalid JSON and invalid UTF-8
         raise CheckpointError(f"Cannot read {metadata_path}: {error}.") from error
 
     kind = document.get("model_kind", NEURAL_MODEL_KIND)
@@ -175,7 +175,8 @@ def load_checkpoint(directory: Path | str, *, device: torch.device | str = "cpu"
         metadata = metadata_from_document(document, scaling)
         weights_record = document["weights"]
     except KeyError as error:
-        raise CheckpointError(f"{metadata_path} is incomplete because the field {error} is missing.") from error
+        hint = "" if "model_kind" in document else " A checkpoint without model_kind is read as a neural one."
+        raise CheckpointError(f"{metadata_path} is incomplete because the field {error} is missing.{hint}") from error
     except (TypeError, ValueError, AttributeEncodingError) as error:
         raise CheckpointError(f"{metadata_path} has an invalid value: {error}") from error
     _check_consistent(config, attribute_encoder, metadata)

@@ -24,7 +24,7 @@ def model_kind(directory: Path | str) -> str:
         )
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, ValueError) as error:  # ValueError covers invalid JSON and invalid UTF-8
         raise CheckpointError(f"Cannot read {path}: {error}.") from error
     if not isinstance(document, dict):
         raise CheckpointError(f"{path} must hold a JSON object.")

@@ -43,6 +43,8 @@ class Member(Protocol):
 
     def save(self, directory: Path) -> Path: ...
 
+    def feature_count(self) -> int: ...
+
 
 class _MemberSettings:
     """What every member is built with: the head's config, the task and the categorical columns."""
@@ -115,6 +117,12 @@ class LightGBMMember(_MemberSettings):
         self.booster = lgb.Booster(model_file=str(directory / self.file_name))
         self.trees = self.booster.num_trees()
 
+    def feature_count(self) -> int:
+        """Return the number of input features the booster was trained on."""
+        if self.booster is None:
+            raise RuntimeError("LightGBMMember.feature_count called before fit or load")
+        return int(self.booster.num_feature())
+
 
 class CatBoostMember(_MemberSettings):
     """CatBoost regressor or binary classifier."""
@@ -178,6 +186,12 @@ class CatBoostMember(_MemberSettings):
         self.model = CatBoostClassifier() if self.task == "binary" else CatBoostRegressor()
         self.model.load_model(str(directory / self.file_name), format="cbm")
         self.trees = int(self.model.tree_count_)
+
+    def feature_count(self) -> int:
+        """Return the number of input features the model was trained on."""
+        if self.model is None:
+            raise RuntimeError("CatBoostMember.feature_count called before fit or load")
+        return len(self.model.feature_names_)
 
 
 MEMBER_TYPES: dict[str, type[LightGBMMember] | type[CatBoostMember]] = {

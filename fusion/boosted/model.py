@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -137,12 +138,39 @@ class BoostedFusionModel:
         np.savez(projections, **arrays)
         return [projections, *(member.save(directory) for member in self.members.values())]
 
+    def consistency_problems(self) -> list[str]:
+        """Return what does not fit together in a loaded model: array shapes, values and feature counts."""
+        problems = []
+        for name, projection in (("image", self.features.image), ("text", self.features.text)):
+            coef, vectors, labels = projection.ridge_coef, projection.index_vectors, projection.index_labels
+            if coef is None or vectors is None or labels is None:
+                problems.append(f"the {name} projection is not fitted")
+                continue
+            if coef.ndim != 1 or vectors.ndim != 2 or vectors.shape[1] != coef.shape[0]:
+                problems.append(
+                    f"the {name} projection's ridge weights {coef.shape} and kNN index {vectors.shape} differ in width"
+                )
+            if labels.shape != (len(vectors),):
+                problems.append(f"the {name} kNN index has {len(vectors)} vectors but {labels.shape} labels")
+            if not (np.isfinite(coef).all() and np.isfinite(vectors).all() and np.isfinite(labels).all()):
+                problems.append(f"the {name} projection holds NaN or infinite values")
+            if len(vectors) <= max(projection.neighbours, default=0):
+                problems.append(f"the {name} kNN index has {len(vectors)} vectors, too few for {projection.neighbours}")
+        expected = len(self.features.feature_names)
+        for name, member in self.members.items():
+            width = member.feature_count()
+            if width != expected:
+                problems.append(f"the {name} member takes {width} features, but the settings and encoder give {expected}")
+        return problems
+
     @classmethod
     def load(
         cls, directory: Path, config: BoostedConfig, encoder: AttributeEncoder, task: str, *, seed: int = 0
     ) -> BoostedFusionModel:
         """Rebuild a fitted model from `save` output and its config, encoder and task."""
         model = cls(config, encoder, task, seed=seed)
+        if not zipfile.is_zipfile(directory / PROJECTIONS_FILE):
+            raise ValueError(f"{directory / PROJECTIONS_FILE} is not an .npz archive")
         with np.load(directory / PROJECTIONS_FILE, allow_pickle=False) as stored:
             arrays = dict(stored)
         model.features.image = EmbeddingProjection.from_arrays(arrays, "image", config.image_knn_neighbours)

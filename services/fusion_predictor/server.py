@@ -69,6 +69,11 @@ def feature_schema_of(predictor: Predictor) -> FeatureSchema:
             f"the schema's attributes {schema.attribute_names} differ from the model's "
             f"{predictor.attribute_columns}"
         )
+    elif sorted(schema.numeric_attributes) != sorted(predictor.attribute_encoder.numeric):
+        problems.append(
+            f"the schema's numeric attributes {schema.numeric_attributes} differ from the model's "
+            f"{predictor.attribute_encoder.numeric}"
+        )
     if problems:
         raise SettingsError(f"checkpoint {predictor.model_version} is inconsistent: " + "; ".join(problems))
     return schema

@@ -6,16 +6,19 @@ depend on one modality only, and train with small settings (FAST) so the whole f
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from sklearn.metrics import roc_auc_score
 
+from features.schema import FeatureSchema
 from fusion.attributes import AttributeEncoder
 from fusion.boosted.checkpoint import load_boosted_checkpoint, save_boosted_checkpoint
 from fusion.boosted.config import BoostedConfig, BoostedConfigError, CatBoostSettings, LightGBMSettings
@@ -28,6 +31,8 @@ from fusion.labels import LabelScaling
 from fusion.loading import load_predictor, model_kind
 from fusion.model import MODALITIES
 from tests.fusion.test_fusion_heads import NOISE, Products, _make_products
+from services.common.settings import SettingsError
+from services.fusion_predictor.server import feature_schema_of
 from training.pipeline import DEFAULT_BOOSTED_CONFIG, parse_options
 
 # Small settings: a few hundred trees at a high learning rate, one kNN size, three inner folds.
@@ -511,3 +516,96 @@ def test_unknown_model_kind_rejected(mixed_copy: Path):
 
     with pytest.raises(CheckpointError, match="unknown model_kind 'forest'"):
         load_predictor(mixed_copy)
+
+
+def _edit_document(directory: Path, edit) -> None:
+    path = directory / METADATA_FILE
+    document = json.loads(path.read_text())
+    edit(document)
+    path.write_text(json.dumps(document))
+
+
+def _replace_file_with_hash(directory: Path, name: str, data: bytes) -> None:
+    """Overwrite a model file and record its new sha256, as a hand edit of both would."""
+    (directory / name).write_bytes(data)
+    _edit_document(directory, lambda document: document["files"].update({name: hashlib.sha256(data).hexdigest()}))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d.update(files={}), "records the files"),
+        (lambda d: d["files"].update({"../outside.txt": "0" * 64}), "records the files"),
+        (lambda d: d["boosted_config"].update(text_knn_neighbours=[3, 7]), "features"),
+        (lambda d: d.update(task="binary"), "two class labels"),
+        (lambda d: d["label"].update(class_labels=["a", "b"]), "no class labels"),
+        (lambda d: d.update(model_version=12345), "model_version"),
+        (lambda d: d.update(attribute_encoder=None), "attribute_encoder"),
+        (lambda d: d.update(boosted_config="fast"), "boosted_config"),
+    ],
+    ids=["no-files", "outside-file", "feature-count", "binary-no-labels", "regression-labels", "version-type",
+         "null-encoder", "config-string"],
+)
+def test_checkpoint_inconsistent_document_rejected(mixed_copy: Path, edit, message: str):
+    """A checkpoint.json edited so that its parts no longer fit raises CheckpointError saying what differs."""
+    _edit_document(mixed_copy, edit)
+
+    with pytest.raises(CheckpointError, match=message):
+        load_boosted_checkpoint(mixed_copy)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [(b"", "not an .npz archive"), (b"not a zip archive at all", "not an .npz archive")],
+    ids=["empty", "garbage"],
+)
+def test_checkpoint_bad_projections_rejected(mixed_copy: Path, data: bytes, message: str):
+    """A projections file that is not an .npz archive raises CheckpointError, even with a matching hash."""
+    _replace_file_with_hash(mixed_copy, "projections.npz", data)
+
+    with pytest.raises(CheckpointError, match=message):
+        load_boosted_checkpoint(mixed_copy)
+
+
+def test_checkpoint_truncated_projections_rejected(mixed_copy: Path):
+    """A truncated projections archive with a matching hash raises CheckpointError."""
+    data = (mixed_copy / "projections.npz").read_bytes()
+    _replace_file_with_hash(mixed_copy, "projections.npz", data[: len(data) // 2])
+
+    with pytest.raises(CheckpointError):
+        load_boosted_checkpoint(mixed_copy)
+
+
+def test_tags_split_without_spaces():
+    """With the separator "; ", the tag value "A;B" has the tags A and B."""
+    encoder = AttributeEncoder([], [], tags={"mechanics": "; "}, min_count=1).fit(
+        pd.DataFrame({"mechanics": ["A; B", "B; C"]})
+    )
+
+    encoded = encoder.transform([{"mechanics": "A;B"}, {"mechanics": "A; B"}])
+
+    np.testing.assert_array_equal(encoded.numeric[0], encoded.numeric[1])
+
+
+def test_schema_kind_swap_rejected(mixed_copy: Path):
+    """A feature schema that lists a categorical attribute as numeric fails the predictor's start-up check."""
+    predictor = load_predictor(mixed_copy)
+    encoder = predictor.attribute_encoder
+    categorical = [*encoder.categorical, *encoder.tags]
+    schema = FeatureSchema(
+        numeric_attributes=list(encoder.numeric),
+        categorical_attributes=categorical,
+        image_model_id=predictor.image_model_id,
+        text_model_id=predictor.text_model_id,
+        image_embedding_dim=predictor.image_dim,
+        text_embedding_dim=predictor.text_dim,
+    )
+    predictor.feature_schema.update(schema.to_dict())
+    assert feature_schema_of(predictor) == schema
+
+    swapped = replace(schema, numeric_attributes=[*schema.numeric_attributes, categorical[0]],
+                      categorical_attributes=categorical[1:])
+    predictor.feature_schema.update(swapped.to_dict())
+
+    with pytest.raises(SettingsError, match="numeric attributes"):
+        feature_schema_of(predictor)
