@@ -77,6 +77,16 @@ class TextEncoder:
         self._model = model
         self._tokenizer_lock = threading.Lock()
 
+    @property
+    def model(self) -> torch.nn.Module:
+        """The transformer backbone, for callers that fine-tune it in place."""
+        return self._model
+
+    @property
+    def tokenizer(self) -> Any:
+        """The fast (Rust-backed) tokenizer of the backbone."""
+        return self._tokenizer
+
     def embed(self, texts: Sequence[str]) -> TextEmbeddings:
         """Embed `texts` in one forward pass, truncating each to `max_tokens` tokens.
 
