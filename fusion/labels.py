@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import expit
 
-from fusion.model import TASKS, Task
+from fusion.names import TASKS, Task
 
 
 @dataclass(frozen=True)

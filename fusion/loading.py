@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from fusion.boosted.checkpoint import BOOSTED_MODEL_KIND, load_boosted_checkpoint
 from fusion.boosted.predictor import BoostedPredictor
-from fusion.checkpoint import METADATA_FILE, NEURAL_MODEL_KIND, CheckpointError
-from fusion.inference import FusionPredictor
+from fusion.checkpoint_files import METADATA_FILE, NEURAL_MODEL_KIND, CheckpointError
+from fusion.predictions import QualityModel
 
-Predictor = FusionPredictor | BoostedPredictor
+Predictor = QualityModel
 
 
 def model_kind(directory: Path | str) -> str:
@@ -34,8 +32,13 @@ def model_kind(directory: Path | str) -> str:
     return str(kind)
 
 
-def load_predictor(directory: Path | str, *, device: torch.device | str = "auto") -> Predictor:
-    """Return the predictor for the checkpoint in `directory`; boosted models always run on the CPU."""
+def load_predictor(directory: Path | str, *, device: str = "auto") -> Predictor:
+    """Return the predictor for the checkpoint in `directory`; boosted models always run on the CPU.
+
+    torch is imported only for a neural checkpoint, so a process serving a boosted model does without it.
+    """
     if model_kind(directory) == BOOSTED_MODEL_KIND:
         return BoostedPredictor(load_boosted_checkpoint(directory))
+    from fusion.inference import FusionPredictor
+
     return FusionPredictor.from_checkpoint(directory, device=device)

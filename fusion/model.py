@@ -10,12 +10,8 @@ import torch
 from torch import nn
 
 from fusion.heads import AttentionHead, ConcatHead, GatedHead, HeadOutput, TransformerHead
+from fusion.names import MODALITIES, TASKS, Task
 
-# Modality order of `present` columns, Shapley contributions and the missing vectors.
-MODALITIES: tuple[str, str, str] = ("image", "text", "attributes")
-TASKS: tuple[str, str] = ("regression", "binary")
-
-Task = Literal["regression", "binary"]
 FusionHead = Literal["concat", "attention", "gated", "transformer"]
 FUSION_HEADS: tuple[str, ...] = ("concat", "attention", "gated", "transformer")
 

@@ -21,7 +21,7 @@ from fusion.attributes import AttributeEncoder, AttributeEncodingError
 from fusion.boosted.config import BoostedConfig, BoostedConfigError
 from fusion.boosted.members import MEMBER_TYPES
 from fusion.boosted.model import PROJECTIONS_FILE, BoostedFusionModel
-from fusion.checkpoint import (
+from fusion.checkpoint_files import (
     METADATA_FILE,
     CheckpointError,
     CheckpointIntegrityError,

@@ -15,8 +15,8 @@ import numpy as np
 
 from fusion.boosted.checkpoint import BoostedBundle, load_boosted_checkpoint
 from fusion.boosted.features import ATTRIBUTES, IMAGE, TEXT
-from fusion.checkpoint import CheckpointMetadata
-from fusion.inference import FusionInputs, FusionPredictions, check_inputs
+from fusion.checkpoint_files import CheckpointMetadata
+from fusion.predictions import FusionInputs, FusionPredictions, check_inputs
 from fusion.shapley import SUBSETS, shapley_contributions
 
 

@@ -11,7 +11,7 @@ from features.config import FeatureStoreSettings
 from features.errors import FeatureStoreError
 from features.online import EmbeddingWriter, OnlineFeatureReader, open_reader
 from features.schema import FeatureSchema
-from fusion.checkpoint import CheckpointError
+from fusion.checkpoint_files import CheckpointError
 from fusion.loading import Predictor
 from fusion.loading import load_predictor as load_model_directory
 from pq.v1 import quality_predictor_pb2_grpc as predictor_grpc

@@ -20,8 +20,7 @@ from features.errors import OnlineStoreUnavailableError
 from features.online import OnlineFeatureReader
 from features.schema import FeatureSchema
 from features.stored import StoredProduct
-from fusion.inference import FusionInputs, FusionPredictions
-from fusion.loading import Predictor
+from fusion.predictions import FusionInputs, FusionPredictions, QualityModel
 from pq.v1 import quality_predictor_pb2 as predictor_pb2
 from pq.v1 import quality_predictor_pb2_grpc as predictor_grpc
 from services.common.errors import (
@@ -57,7 +56,7 @@ class QualityPredictorServicer(predictor_grpc.QualityPredictorServiceServicer):
 
     def __init__(
         self,
-        predictor: Predictor,
+        predictor: QualityModel,
         schema: FeatureSchema,
         *,
         reader: OnlineFeatureReader,

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -609,3 +611,18 @@ def test_schema_kind_swap_rejected(mixed_copy: Path):
 
     with pytest.raises(SettingsError, match="numeric attributes"):
         feature_schema_of(predictor)
+
+
+def test_boosted_serving_without_torch(mixed: TrainedBoosted):
+    """Loading a boosted checkpoint with the predictor's modules leaves torch unimported."""
+    code = (
+        "import sys\n"
+        "import services.fusion_predictor.server\n"
+        "from fusion.loading import load_predictor\n"
+        f"load_predictor({str(mixed.checkpoint_dir)!r})\n"
+        "print(sorted(name for name in sys.modules if name == 'torch' or name.startswith('torch.')))\n"
+    )
+
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+
+    assert result.stdout.strip() == "[]"
