@@ -6,8 +6,8 @@ as tensors), `labels` (label scaling), `checkpoint_files` and `checkpoint` (savi
 `inference` (FusionPredictor with Shapley contributions), `boosted` (the boosted fusion head) and
 `loading` (load a model directory of either kind).
 
-The names below load their module on first use, so importing this package does not import torch;
-a process that serves a boosted model never needs it.
+The names below load their module on first use, so importing this package does not import torch.
+A process that serves a boosted model never needs it.
 """
 
 from __future__ import annotations

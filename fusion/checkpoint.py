@@ -131,7 +131,7 @@ def load_checkpoint(directory: Path | str, *, device: torch.device | str = "cpu"
     kind = document.get("model_kind", NEURAL_MODEL_KIND)
     if kind != NEURAL_MODEL_KIND:
         raise CheckpointError(
-            f"Checkpoint {directory} holds a {kind!r} model, not a neural fusion model. Load it with "
+            f"Checkpoint {directory} contains a {kind!r} model, not a neural fusion model. Load it with "
             "fusion.loading.load_predictor, which reads every model kind."
         )
     version = document.get("format_version")

@@ -1,6 +1,6 @@
 """The parts of a checkpoint directory that every model kind shares, without torch.
 
-A checkpoint directory holds checkpoint.json and the model's files. checkpoint.json records the
+A checkpoint directory contains checkpoint.json and the model's files. checkpoint.json records the
 model kind, the metadata in CheckpointMetadata and the sha256 of each model file.
 
     CheckpointError            the checkpoint is missing, unreadable or inconsistent

@@ -75,7 +75,7 @@ class FusionPredictions:
 
 
 class QualityModel(Protocol):
-    """What the predictor service needs from a loaded model of any kind."""
+    """Interface of a loaded model of any kind, as the predictor service uses it."""
 
     model_kind: str
     attribute_encoder: AttributeEncoder

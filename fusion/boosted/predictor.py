@@ -131,11 +131,13 @@ class BoostedPredictor:
         for subset in SUBSETS:
             parts = []
             for modality in (ATTRIBUTES, IMAGE, TEXT):  # the column order of FusedFeatures
-                kept, missing = blocks[modality]
+                present_block, missing_block = blocks[modality]
                 if subset[modality]:
-                    parts.append(kept)
+                    parts.append(present_block)
+                elif missing_block is not None:
+                    parts.append(missing_block)
                 else:
-                    parts.append(missing if missing is not None else np.full_like(kept, np.nan))
+                    parts.append(np.full_like(present_block, np.nan))
             rows.append(np.hstack(parts))
         x = np.vstack(rows)  # (8B, F), subset-major
         return self.model.predict_features(x).reshape(len(SUBSETS), b)
