@@ -161,8 +161,8 @@ def embed_in_batches(encoder: TextEncoder, texts: Sequence[str], batch_size: int
 def drop_fields(text: str, probability: float, rng: np.random.Generator) -> str:
     """Drop each line after the first with `probability`; the first line is the title."""
     lines = text.split("\n")
-    kept = [lines[0]] + [line for line in lines[1:] if rng.random() >= probability]
-    return "\n".join(kept)
+    remaining = [lines[0]] + [line for line in lines[1:] if rng.random() >= probability]
+    return "\n".join(remaining)
 
 
 def mask_tokens(

@@ -17,7 +17,7 @@ class BoostedConfigError(ValueError):
 
 
 def _check_types(settings: object, prefix: str = "") -> None:
-    """Raise BoostedConfigError naming every int or float field that holds another type."""
+    """Raise BoostedConfigError naming every int or float field that contains another type."""
     wrong = []
     for item in fields(settings):  # type: ignore[arg-type]
         value = getattr(settings, item.name)

@@ -47,7 +47,7 @@ class Member(Protocol):
 
 
 class _MemberSettings:
-    """What every member is built with: the head's config, the task and the categorical columns."""
+    """Base of the members: the head's config, the task, the categorical columns, seed and threads."""
 
     def __init__(self, config: BoostedConfig, task: str, categorical: list[int], *, seed: int, threads: int) -> None:
         self.config = config

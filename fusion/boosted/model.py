@@ -154,7 +154,7 @@ class BoostedFusionModel:
                 problems.append(f"the {name} kNN index has {len(vectors)} vectors but {labels.shape} labels")
             if not (np.isfinite(coef).all() and np.isfinite(vectors).all() and np.isfinite(labels).all()):
                 problems.append(f"the {name} projection holds NaN or infinite values")
-            if len(vectors) <= max(projection.neighbours, default=0):
+            if projection.neighbours and len(vectors) <= max(projection.neighbours):
                 problems.append(f"the {name} kNN index has {len(vectors)} vectors, too few for {projection.neighbours}")
         expected = len(self.features.feature_names)
         for name, member in self.members.items():

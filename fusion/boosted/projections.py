@@ -31,8 +31,10 @@ class EmbeddingProjection:
     neighbours: tuple[int, ...]
     ridge_coef: np.ndarray | None = None  # (D,) float64
     ridge_intercept: float = 0.0
-    index_vectors: np.ndarray | None = None  # (N, D) float32 unit vectors of the training rows
-    index_labels: np.ndarray | None = None  # (N,) float64
+    # The kNN index: unit vectors (N, D) float32 and labels (N,) of the training rows. Without
+    # neighbour counts it is empty, (0, D) and (0,), so the model file stays small.
+    index_vectors: np.ndarray | None = None
+    index_labels: np.ndarray | None = None
 
     @property
     def feature_names(self) -> list[str]:
@@ -64,9 +66,11 @@ class EmbeddingProjection:
         self.ridge_intercept = float(ridge.intercept_)
 
         # 2. The kNN index; training rows leave themselves out of their own neighbours.
-        self.index_vectors = _unit(x).astype(np.float32)
-        self.index_labels = y
-        features[rows, 1:] = self._knn(self.index_vectors, leave_out_self=True)
+        indexed = slice(None) if self.neighbours else slice(0, 0)
+        self.index_vectors = _unit(x[indexed]).astype(np.float32)
+        self.index_labels = y[indexed]
+        if self.neighbours:
+            features[rows, 1:] = self._knn(self.index_vectors, leave_out_self=True)
         return features
 
     def transform(self, vectors: np.ndarray) -> np.ndarray:
@@ -78,7 +82,8 @@ class EmbeddingProjection:
         if present.any():
             x = vectors[present].astype(np.float64)
             features[present, 0] = x @ self.ridge_coef + self.ridge_intercept
-            features[present, 1:] = self._knn(_unit(x).astype(np.float32), leave_out_self=False)
+            if self.neighbours:
+                features[present, 1:] = self._knn(_unit(x).astype(np.float32), leave_out_self=False)
         return features
 
     def _knn(self, queries: np.ndarray, *, leave_out_self: bool) -> np.ndarray:

@@ -74,10 +74,10 @@ def test_take_keeps_auxiliary_labels_aligned(regression_data):
     score[1] = np.nan
     data = replace(regression_data, auxiliary_labels={"score": score})
 
-    taken = data.take(np.array([3, 1, 0]))
+    subset = data.take(np.array([3, 1, 0]))
 
-    np.testing.assert_array_equal(taken.auxiliary_labels["score"], [3.0, np.nan, 0.0])
-    assert taken.product_ids.tolist() == [data.product_ids[3], data.product_ids[1], data.product_ids[0]]
+    np.testing.assert_array_equal(subset.auxiliary_labels["score"], [3.0, np.nan, 0.0])
+    assert subset.product_ids.tolist() == [data.product_ids[3], data.product_ids[1], data.product_ids[0]]
     assert data.without("image").auxiliary_labels is data.auxiliary_labels
     assert regression_data.take(np.array([0])).auxiliary_labels is None
 
