@@ -25,10 +25,11 @@ def connect_redis(settings: FeatureStoreSettings) -> tuple[redis.Redis, RedisAdd
     """Create a client for settings.redis_connection_string; it connects lazily on the first command.
 
     Parameters of the connection string (db, password, ssl, ...) are passed to redis.Redis as
-    Feast does. socket_timeout and socket_connect_timeout default to settings.redis_timeout_s.
+    Feast does, followed by the password file and TLS settings. socket_timeout and
+    socket_connect_timeout default to settings.redis_timeout_s.
     """
     address = parse_redis_connection_string(settings.redis_connection_string)
-    params = dict(address.params)
+    params = {**address.params, **settings.redis_security_params()}
     params.setdefault("socket_timeout", settings.redis_timeout_s)
     params.setdefault("socket_connect_timeout", settings.redis_timeout_s)
     params.setdefault(
@@ -38,11 +39,31 @@ def connect_redis(settings: FeatureStoreSettings) -> tuple[redis.Redis, RedisAdd
     return client, address
 
 
+def _host_and_port(address: RedisAddress | str) -> str:
+    """Return "host:port" of `address`; a connection string can contain a password, which must not be shown."""
+    if isinstance(address, RedisAddress):
+        return str(address)
+    try:
+        return str(parse_redis_connection_string(address))
+    except ValueError:
+        return "the address in PQ_REDIS_CONNECTION_STRING"
+
+
 @contextmanager
 def translate_redis_errors(address: RedisAddress | str, action: str) -> Iterator[None]:
-    """Raise OnlineStoreUnavailableError, naming `address`, when Redis cannot be reached or times out."""
+    """Raise OnlineStoreUnavailableError when Redis cannot be reached, rejects the credentials or times out.
+
+    `address` is a parsed address or a connection string; the message names only its host and port.
+    """
+    address = _host_and_port(address)
     try:
         yield
+    except redis.exceptions.AuthenticationError as error:
+        raise OnlineStoreUnavailableError(
+            f"Redis online store at {address} rejected the connection's credentials while {action}: "
+            f"{error}; check that PQ_REDIS_PASSWORD_FILE (or the password in PQ_REDIS_CONNECTION_STRING) "
+            "holds the password Redis requires"
+        ) from error
     except redis.exceptions.TimeoutError as error:
         raise OnlineStoreUnavailableError(
             f"Redis online store at {address} timed out while {action}: {error}; check that Redis "
@@ -51,5 +72,6 @@ def translate_redis_errors(address: RedisAddress | str, action: str) -> Iterator
     except redis.exceptions.ConnectionError as error:
         raise OnlineStoreUnavailableError(
             f"Redis online store at {address} is unavailable while {action}: {error}; check that "
-            "Redis is running and that PQ_REDIS_CONNECTION_STRING points to it"
+            "Redis is running, that PQ_REDIS_CONNECTION_STRING points to it, and that the "
+            "PQ_REDIS_TLS_* settings match whether Redis serves TLS"
         ) from error

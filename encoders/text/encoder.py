@@ -3,6 +3,10 @@
 The pooling matches sentence-transformers' Pooling(mode="mean") followed by Normalize, so vectors
 agree with `SentenceTransformer(model_dir).encode(texts)` to within float32 rounding. Model files are
 always read from the installed directory and never from the Hugging Face Hub.
+
+The forward pass runs in torch eager mode or in ONNX Runtime (encoders.runtime). Both run
+encoders.text.pooling.SentenceEmbeddingModel, and their vectors agree within TEXT_RUNTIME_TOLERANCE,
+so the model id does not depend on the runtime.
 """
 
 from __future__ import annotations
@@ -19,15 +23,49 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from encoders.onnx_model import OnnxModel, load_onnx_model, onnx_cache_path, resolve_onnx_cache_dir
+from encoders.runtime import (
+    AUTO,
+    ONNX,
+    TEXT_RUNTIMES,
+    TORCH,
+    EmbeddingTolerance,
+    InferenceRuntimeError,
+    apply_torch_threads,
+    check_threads,
+    resolve_runtime,
+)
 from encoders.text.backbones import DEFAULT_TEXT_BACKBONE, TextBackboneSpec, get_text_backbone
+from encoders.text.pooling import SentenceEmbeddingModel, mean_pool
 
 logger = logging.getLogger(__name__)
 
 # Characters kept per token of max_tokens before tokenising: a token spans at most a 100-character
 # word piece plus a separator.
 _CHARACTERS_PER_TOKEN = 101
+
+# Vectors of every runtime equal the torch eager vectors within this tolerance: per text,
+# max |difference| <= 1e-4 on the L2-normalised vector. ONNX Runtime on the CPU differed by at most
+# about 3e-7 (tests/encoders/test_encoder_runtimes.py checks it on texts of several lengths).
+TEXT_RUNTIME_TOLERANCE = EmbeddingTolerance(absolute=1e-4, relative=0.0)
+
+# Texts of different token counts, so the example batch that the ONNX export traces and that checks
+# the export against torch contains padding. A batch axis of size 1 would be fixed in the graph.
+_EXPORT_EXAMPLE_TEXTS = (
+    "A cooperative board game about building railways across Europe.",
+    "Cotton T-shirt",
+)
+
+__all__ = [
+    "TEXT_RUNTIME_TOLERANCE",
+    "TextEmbeddings",
+    "TextEncoder",
+    "file_sha256",
+    "load_text_encoder",
+    "mean_pool",
+    "resolve_device",
+]
 
 
 @dataclass(frozen=True)
@@ -39,23 +77,17 @@ class TextEmbeddings:
     token_counts: np.ndarray  # (N,) int64, tokens the model saw, special tokens included
 
 
-def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Average the token states of each sequence over its attention mask, ignoring padding."""
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-    summed = (hidden * mask).sum(dim=1)  # (B, H)
-    # The clamp only matters for an all-padding row, which the tokenizer never produces because
-    # [CLS] and [SEP] are always present. 1e-9 is the value sentence-transformers uses.
-    counts = mask.sum(dim=1).clamp(min=1e-9)  # (B, 1)
-    return summed / counts
-
-
 class TextEncoder:
     """A loaded text backbone that embeds batches of texts on one device.
 
     `embed` may be called from several threads. Tokenisation is serialised by a lock because
     transformers reconfigures the shared Rust tokenizer's truncation and padding whenever they differ
     from the previous call, and a call that does so while another thread encodes fails with
-    "RuntimeError: Already borrowed". The forward passes run concurrently.
+    "RuntimeError: Already borrowed". The forward passes run concurrently, in torch or in ONNX
+    Runtime, whose InferenceSession.run is thread-safe.
+
+    `runtime` is "torch" or "onnx" (with `onnx_model`), and `device` is where the forward pass runs.
+    The model id is the same for both runtimes, whose vectors agree within TEXT_RUNTIME_TOLERANCE.
     """
 
     def __init__(
@@ -67,19 +99,32 @@ class TextEncoder:
         max_tokens: int,
         device: torch.device,
         model_id: str,
+        runtime: str = TORCH,
+        onnx_model: OnnxModel | None = None,
     ) -> None:
+        if runtime not in (TORCH, ONNX):
+            raise ValueError(f"invalid runtime {runtime!r}; use 'torch' or 'onnx'")
+        if (runtime == ONNX) != (onnx_model is not None):
+            raise ValueError("an onnx_model must be given with runtime 'onnx', and only with it")
         self.spec = spec
         self.model_id = model_id
         self.embedding_dim = spec.embedding_dim
         self.max_tokens = max_tokens
-        self.device = device
+        self.runtime = runtime
+        self.device = onnx_model.device if onnx_model is not None else device
         self._tokenizer = tokenizer
         self._model = model
+        self._sentence_model = SentenceEmbeddingModel(model)
+        self._onnx_model = onnx_model
         self._tokenizer_lock = threading.Lock()
 
     @property
     def model(self) -> torch.nn.Module:
-        """The transformer backbone, for callers that fine-tune it in place."""
+        """The transformer backbone, for callers that fine-tune it in place.
+
+        NOTE: with runtime "onnx", `embed` runs the export of the loaded weights, so changes to this
+        module do not reach the embeddings. Fine-tune with runtime "torch".
+        """
         return self._model
 
     @property
@@ -124,23 +169,26 @@ class TextEncoder:
         overflowed = np.array([len(encoding.overflowing) > 0 for encoding in batch.encodings], dtype=bool)
         truncated = overflowed | cut
 
-        input_ids = batch["input_ids"].to(self.device)  # (B, T)
-        attention_mask = batch["attention_mask"].to(self.device)  # (B, T)
-        token_type_ids = batch["token_type_ids"].to(self.device)  # (B, T)
+        input_ids = batch["input_ids"]  # (B, T) int64
+        attention_mask = batch["attention_mask"]  # (B, T) int64
+        token_type_ids = batch["token_type_ids"]  # (B, T) int64
 
-        with torch.inference_mode():
-            hidden = self._model(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                token_type_ids=token_type_ids,
-            ).last_hidden_state  # (B, T, H)
-            pooled = mean_pool(hidden, attention_mask)  # (B, H)
-            vectors = F.normalize(pooled, p=2, dim=1)  # (B, H)
+        if self._onnx_model is not None:
+            vectors = self._onnx_model.run({
+                "input_ids": input_ids.numpy(),
+                "attention_mask": attention_mask.numpy(),
+                "token_type_ids": token_type_ids.numpy(),
+            })  # (B, H)
+        else:
+            with torch.inference_mode():
+                vectors = self._sentence_model(
+                    input_ids.to(self.device), attention_mask.to(self.device), token_type_ids.to(self.device)
+                ).float().cpu().numpy()  # (B, H)
 
         return TextEmbeddings(
-            vectors=vectors.float().cpu().numpy(),
+            vectors=vectors,
             truncated=truncated,
-            token_counts=attention_mask.sum(dim=1).cpu().numpy().astype(np.int64),
+            token_counts=attention_mask.sum(dim=1).numpy().astype(np.int64),
         )
 
 
@@ -194,15 +242,28 @@ def load_text_encoder(
     *,
     max_tokens: int = 256,
     device: str = "auto",
+    runtime: str = TORCH,
+    threads: int | None = None,
+    onnx_cache_dir: Path | None = None,
 ) -> TextEncoder:
     """Load a registered backbone from its installed directory, in float32 and eval mode.
 
-    Raises ValueError for an unknown name, an out-of-range `max_tokens` or an unusable device, and
-    BackboneUnavailableError when the backbone's files are not installed.
+    `runtime` is "torch" (eager), "onnx" (the transformer with mean pooling and L2 normalisation
+    exported to ONNX and run by ONNX Runtime) or "auto" ("onnx" when onnxruntime can run on the
+    device, else "torch"). With "auto", a failed export logs a warning and falls back to "torch".
+    `threads` sets ONNX Runtime's intra-op threads and, when given, torch's process-wide thread
+    count. None keeps torch's setting and gives ONNX Runtime every core the process may use. ONNX
+    exports are cached in `onnx_cache_dir` (default: encoders.onnx_model.default_onnx_cache_dir()).
+
+    Raises ValueError for an unknown name or runtime, an out-of-range `max_tokens`, an invalid
+    thread count or an unusable device, BackboneUnavailableError when the backbone's files are not
+    installed, and InferenceRuntimeError when runtime "onnx" cannot be used.
     """
     spec = get_text_backbone(name)
     spec.check_max_tokens(max_tokens)
     torch_device = resolve_device(device)
+    check_threads(threads)
+    resolved_runtime = resolve_runtime(runtime, TEXT_RUNTIMES, device=torch_device, encoder="text")
     model_dir = spec.model_dir()
     transformers = _import_transformers()
 
@@ -213,7 +274,7 @@ def load_text_encoder(
             f"Rust-backed one to report truncation (is tokenizer.json missing?)"
         )
     model = transformers.AutoModel.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32)
-    model.eval().to(torch_device)
+    model.eval()
 
     # The registry entry must describe the files it points to.
     config = model.config
@@ -224,7 +285,60 @@ def load_text_encoder(
             f"hidden_size={config.hidden_size} and max_position_embeddings={config.max_position_embeddings}"
         )
 
-    weights_hash = file_sha256(model_dir / spec.weights_file)[:8]
-    model_id = f"{spec.name}.{spec.pooling}.{max_tokens}@{weights_hash}"
-    logger.debug("loaded text backbone %s from %s as %s on %s", name, model_dir, model_id, torch_device)
-    return TextEncoder(spec, tokenizer, model, max_tokens=max_tokens, device=torch_device, model_id=model_id)
+    weights_sha256 = file_sha256(model_dir / spec.weights_file)
+    model_id = f"{spec.name}.{spec.pooling}.{max_tokens}@{weights_sha256[:8]}"
+
+    apply_torch_threads(threads)
+    onnx_model = None
+    if resolved_runtime == ONNX:
+        cache_dir = resolve_onnx_cache_dir(onnx_cache_dir)
+        try:
+            onnx_model = _load_onnx_text_model(
+                spec, tokenizer, model, weights_sha256, cache_dir, torch_device, threads
+            )
+        except InferenceRuntimeError as error:
+            if runtime != AUTO:
+                raise
+            logger.warning("text encoder runtime 'auto' falls back to torch: %s", error)
+            resolved_runtime = TORCH
+    if onnx_model is None:
+        model.to(torch_device)
+
+    encoder = TextEncoder(
+        spec, tokenizer, model, max_tokens=max_tokens, device=torch_device, model_id=model_id,
+        runtime=resolved_runtime, onnx_model=onnx_model,
+    )
+    logger.debug(
+        "loaded text backbone %s from %s as %s, runtime %s on %s",
+        name, model_dir, model_id, encoder.runtime, encoder.device,
+    )
+    return encoder
+
+
+def _load_onnx_text_model(
+    spec: TextBackboneSpec,
+    tokenizer: Any,
+    model: torch.nn.Module,
+    weights_sha256: str,
+    cache_dir: Path,
+    device: torch.device,
+    threads: int | None,
+) -> OnnxModel:
+    example = tokenizer(list(_EXPORT_EXAMPLE_TEXTS), padding=True, return_tensors="pt")
+    input_names = ("input_ids", "attention_mask", "token_type_ids")
+    example_inputs = tuple(example[input_name] for input_name in input_names)  # 3 x (2, T) int64
+    # One Dim object per axis ties the three inputs to the same batch size and sequence length.
+    batch = torch.export.Dim("batch")
+    sequence = torch.export.Dim("sequence", max=spec.max_position_tokens)
+    return load_onnx_model(
+        SentenceEmbeddingModel(model).eval(),
+        example_inputs,
+        onnx_cache_path(cache_dir, f"{spec.name}-{spec.pooling}", weights_sha256),
+        input_names=input_names,
+        output_name="embeddings",
+        dynamic_shapes=tuple({0: batch, 1: sequence} for _ in input_names),
+        tolerance=TEXT_RUNTIME_TOLERANCE,
+        device=device,
+        threads=threads,
+        setting=f"text encoder {spec.name!r} runtime 'onnx'",
+    )

@@ -7,10 +7,14 @@
      +-- FailedPreconditionError  FAILED_PRECONDITION the server is not in a state to serve the call
      +-- UnavailableError         UNAVAILABLE         a dependency (Redis, an encoder) cannot be reached
      +-- DeadlineExceededError    DEADLINE_EXCEEDED   the call's deadline passed before it finished
+     +-- UnauthenticatedError     UNAUTHENTICATED     the call has no valid bearer token
+     +-- CallCancelledError       CANCELLED           the client cancelled the call or it ended otherwise
 
 Servicers raise these; `services.common.interceptor.ErrorInterceptor` turns them into statuses in one
-place, so no servicer calls `context.abort` itself. Messages quote values from the request through
-`quote_for_message`, so a huge value cannot make the status too large to deliver.
+place, so no servicer calls `context.abort` itself. UnauthenticatedError is the exception: the
+interceptor of `services.common.auth` ends a call with it before any servicer runs. Messages quote
+values from the request through `quote_for_message`, so a huge value cannot make the status too
+large to deliver.
 """
 
 from __future__ import annotations
@@ -65,6 +69,21 @@ class DeadlineExceededError(ServiceError):
     """The call's deadline passed before the work finished."""
 
     code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class CallCancelledError(ServiceError):
+    """The call ended, for example because the client cancelled it, before its work ran.
+
+    The client no longer waits for a reply, so the status mainly names the outcome in the server log.
+    """
+
+    code = grpc.StatusCode.CANCELLED
+
+
+class UnauthenticatedError(ServiceError):
+    """The call carries no bearer token, a malformed one, or one that is not accepted."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
 
 
 def quote_for_message(value: str, max_chars: int = MAX_QUOTED_CHARS) -> str:

@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from services.common.interceptor import ErrorInterceptor
 from services.common.settings import SettingsError
+from services.common.tls import ServerTls
 
 logger = logging.getLogger(__name__)
 
@@ -73,15 +74,20 @@ def build_server(
     max_workers: int,
     max_message_bytes: int,
     on_stop: Callable[[], None] | None = None,
+    tls: ServerTls | None = None,
+    interceptors: Sequence[grpc.ServerInterceptor] = (),
 ) -> ServiceServer:
     """Create a server bound to `address` ("host:port", port 0 picks a free one).
 
     `register` adds the servicers to the server and returns their full service names, which are
-    published through health checking and server reflection.
+    published through health checking and server reflection. With `tls` the port serves TLS (mutual
+    TLS when it has a client CA) and rejects plaintext connections; without it the port is
+    plaintext. `interceptors` run before the one that maps service errors to statuses, so they see
+    every call first.
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
-        interceptors=[ErrorInterceptor()],
+        interceptors=[*interceptors, ErrorInterceptor()],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -98,11 +104,20 @@ def build_server(
 
     # grpcio raises RuntimeError on a failed bind in recent releases and returned 0 in older ones.
     try:
-        port = server.add_insecure_port(address)
+        if tls is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, tls.credentials())
     except RuntimeError as error:
+        # A certificate that gRPC rejects also ends here, because grpcio reports it as a failed bind.
         raise OSError(f"could not bind the gRPC server to {address}: {error}") from error
     if port == 0:
         raise OSError(f"could not bind the gRPC server to {address}")
+
+    if tls is None:
+        logger.info("gRPC server on %s (port %d) serves plaintext without TLS", address, port)
+    else:
+        logger.info("gRPC server on %s (port %d) serves %s", address, port, tls.describe())
     return ServiceServer(server, port, health_servicer, service_names, on_stop)
 
 

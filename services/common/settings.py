@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any, ClassVar, Self
+from pathlib import Path
+from typing import Any, ClassVar, Self, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from services.common.tls import ServerTls, check_ca_bundle, check_key_pair, check_pem_file
 
 
 class SettingsError(ValueError):
@@ -45,10 +56,35 @@ class EnvSettings(BaseModel):
         except ValidationError as error:
             problems = []
             for item in error.errors():
-                field = str(item["loc"][0]) if item["loc"] else "?"
-                given = values.get(field, "<unset>")
-                problems.append(f"{cls.env_name(field)}={given!r}: {item['msg']}")
+                # A validator's own ValueError is shown without pydantic's "Value error, " prefix.
+                context = item.get("ctx") or {}
+                if item["type"] == "value_error" and "error" in context:
+                    message = str(context["error"])
+                else:
+                    message = item["msg"]
+                if not item["loc"]:
+                    # A model validator checks several fields together and names their variables itself.
+                    problems.append(message)
+                    continue
+                field = str(item["loc"][0])
+                value_text = cls.shown_value(field, values[field]) if field in values else "<unset>"
+                problems.append(f"{cls.env_name(field)}={value_text}: {message}")
             raise SettingsError(f"invalid {cls.__name__}: " + "; ".join(problems)) from None
+
+    @classmethod
+    def shown_value(cls, field: str, value: Any) -> str:
+        """Return `value` of `field` as an error message may show it: secrets are replaced by <hidden>."""
+        annotation = cls.model_fields[field].annotation if field in cls.model_fields else None
+        if annotation is SecretStr or SecretStr in get_args(annotation) or isinstance(value, SecretStr):
+            return "<hidden>"
+        return repr(value)
+
+
+def empty_is_unset(value: object) -> object:
+    """Map an empty or blank string to None; compose passes an unset variable through as ""."""
+    if isinstance(value, str) and not value.strip():
+        return None
+    return value
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -78,6 +114,25 @@ class ServiceSettings(EnvSettings):
         description='Torch device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".',
     )
 
+    tls_cert_path: Path | None = Field(
+        default=None,
+        description=(
+            "PEM certificate chain of the server. Set it together with the key to serve TLS only; "
+            "unset serves plaintext."
+        ),
+    )
+    tls_key_path: Path | None = Field(
+        default=None,
+        description="PEM private key of the server certificate, unencrypted. Set it together with the certificate.",
+    )
+    tls_client_ca_path: Path | None = Field(
+        default=None,
+        description=(
+            "PEM CA certificates for mutual TLS: when set, every client must present a certificate "
+            "signed by one of them. Needs the server certificate and key."
+        ),
+    )
+
     @field_validator("log_level")
     @classmethod
     def _check_log_level(cls, value: str) -> str:
@@ -85,3 +140,43 @@ class ServiceSettings(EnvSettings):
         if level not in LOG_LEVELS:
             raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
         return level
+
+    @field_validator("tls_cert_path", "tls_key_path", "tls_client_ca_path", mode="before")
+    @classmethod
+    def _empty_tls_path_is_unset(cls, value: object) -> object:
+        return empty_is_unset(value)
+
+    @field_validator("tls_cert_path", "tls_client_ca_path")
+    @classmethod
+    def _check_certificate_file(cls, value: Path | None) -> Path | None:
+        return None if value is None else check_pem_file(value, "certificate")
+
+    @field_validator("tls_key_path")
+    @classmethod
+    def _check_key_file(cls, value: Path | None) -> Path | None:
+        return None if value is None else check_pem_file(value, "private key")
+
+    @model_validator(mode="after")
+    def _check_tls_files_together(self) -> Self:
+        cert, key, client_ca = (self.env_name(name) for name in ("tls_cert_path", "tls_key_path", "tls_client_ca_path"))
+        if (self.tls_cert_path is None) != (self.tls_key_path is None):
+            raise ValueError(f"{cert} and {key} must be set together: TLS needs both the certificate and its key")
+        if self.tls_client_ca_path is not None and self.tls_cert_path is None:
+            raise ValueError(f"{client_ca} needs {cert} and {key}: mutual TLS runs over TLS")
+        if self.tls_cert_path is not None and self.tls_key_path is not None:
+            try:
+                check_key_pair(self.tls_cert_path, self.tls_key_path)
+            except ValueError as error:
+                raise ValueError(f"{cert} and {key}: {error}") from None
+        if self.tls_client_ca_path is not None:
+            try:
+                check_ca_bundle(self.tls_client_ca_path)
+            except ValueError as error:
+                raise ValueError(f"{client_ca}: {error}") from None
+        return self
+
+    def server_tls(self) -> ServerTls | None:
+        """Return the server's TLS configuration, or None when it serves plaintext."""
+        if self.tls_cert_path is None or self.tls_key_path is None:
+            return None
+        return ServerTls(self.tls_cert_path, self.tls_key_path, self.tls_client_ca_path)

@@ -107,12 +107,15 @@ def _merge_attributes(
     merged.update(request.attributes)
 
     # Sources follow the encoder's notion of missing (None, NaN, blank), so a stored row of blanks
-    # is reported as MISSING, the same as the model treats it.
+    # is reported as MISSING, the same as the model treats it. A blank inline category that replaces
+    # a stored value changes the model's input, so the source is then REQUEST as well.
     if any(not is_missing_value(value) for value in request.attributes.values()):
         return merged, REQUEST
-    if any(not is_missing_value(stored_values.get(column)) for column in columns):
-        return merged, FEATURE_STORE
-    return merged, MISSING
+    if all(is_missing_value(value) for value in merged.values()):
+        return merged, MISSING
+    if any(not is_missing_value(stored_values.get(name)) for name in request.attributes):
+        return merged, REQUEST
+    return merged, FEATURE_STORE
 
 
 def _check_stored(stored: StoredProduct, modality: str, vector: np.ndarray, dimension: int) -> np.ndarray:

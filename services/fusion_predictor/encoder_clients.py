@@ -7,7 +7,8 @@ batch size, all in flight at once. Encoder failures become service errors of the
     encoder status                      predictor error
     INVALID_ARGUMENT (for example a     InvalidArgumentError naming the predictor's request field
       corrupt image)
-    UNAVAILABLE (cannot connect)        UnavailableError naming the encoder address
+    UNAVAILABLE (cannot connect, or     UnavailableError naming the encoder address
+      the TLS handshake failed)
     DEADLINE_EXCEEDED                   DeadlineExceededError
     any other status                    ServiceError (INTERNAL) with the encoder's status and message
 
@@ -35,6 +36,7 @@ from services.common.errors import (
     ServiceError,
     UnavailableError,
 )
+from services.common.tls import ClientTls, open_channel
 
 logger = logging.getLogger(__name__)
 
@@ -87,18 +89,21 @@ class _EncoderClient(Generic[_Item]):
         timeout_s: float,
         max_items_per_call: int,
         max_message_bytes: int,
+        tls: ClientTls | None = None,
     ) -> None:
         self.address = address
         self.expected_model_id = expected_model_id
         self.expected_dim = expected_dim
         self.timeout_s = timeout_s
         self.max_items_per_call = max_items_per_call
-        self._channel = grpc.insecure_channel(
+        self.tls = tls
+        self._channel = open_channel(
             address,
-            options=[
+            [
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
             ],
+            tls,
         )
         self._bind(self._channel)
 
@@ -134,9 +139,12 @@ class _EncoderClient(Generic[_Item]):
                 f"{self._locate(details, field_paths)} was rejected by the {self.kind} encoder: {details}"
             )
         if code == grpc.StatusCode.UNAVAILABLE:
+            # A failed TLS handshake is UNAVAILABLE as well, and a plaintext client of a TLS server
+            # gets only "Socket closed", so the hint names the TLS settings in every case.
             return UnavailableError(
-                f"the {self.kind} encoder at {self.address} is unavailable ({details}); "
-                "check that the service is running and that the predictor's address setting points to it"
+                f"the {self.kind} encoder at {self.address} is unavailable ({details}); check that the "
+                "service is running, that the predictor's address setting points to it, and that "
+                "PQ_PREDICTOR_ENCODER_TLS_* match the encoder's TLS settings"
             )
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return DeadlineExceededError(

@@ -15,6 +15,7 @@ from fusion.checkpoint_files import CheckpointError
 from fusion.loading import Predictor
 from fusion.loading import load_predictor as load_model_directory
 from pq.v1 import quality_predictor_pb2_grpc as predictor_grpc
+from services.common.auth import BearerTokenInterceptor
 from services.common.server import (
     ServiceServer,
     build_server,
@@ -93,12 +94,22 @@ def create_server(
     `settings` default to the PQ_PREDICTOR_* environment and `store_settings` to the PQ_* one.
     `predictor` defaults to the checkpoint at settings.model_path, `reader` to the online store's
     reader, and `writer` to an EmbeddingWriter on the same store when settings.write_back is true.
-    With write_back false no embedding is written, even when `writer` is given. The server closes
-    the encoder channels and the reader and writer it opened when it stops. Call `start()` on it.
+    With write_back false no embedding is written, even when `writer` is given. The TLS and
+    bearer-token settings in `settings` apply to the server and to its encoder channels. The server
+    closes the encoder channels and the reader and writer it opened when it stops. Call `start()`
+    on it.
     """
     settings = settings if settings is not None else PredictorSettings.from_env()
     predictor = predictor if predictor is not None else load_predictor(settings)
     schema = feature_schema_of(predictor)
+    # Read before any connection opens, so an invalid token file leaves nothing to close.
+    tokens = settings.accepted_tokens()
+    interceptors = [BearerTokenInterceptor(tokens, [SERVICE_NAME])] if tokens else []
+    logger.info(
+        "bearer-token authentication of %s is %s",
+        SERVICE_NAME,
+        f"on with {len(tokens)} accepted token(s)" if tokens else "off",
+    )
 
     owned: list[OnlineFeatureReader | EmbeddingWriter] = []
     if reader is None:
@@ -146,6 +157,8 @@ def create_server(
         max_workers=settings.max_workers,
         max_message_bytes=settings.max_message_bytes,
         on_stop=close_connections,
+        tls=settings.server_tls(),
+        interceptors=interceptors,
     )
     return service, service.port
 
@@ -163,6 +176,7 @@ def _encoder_client(
         timeout_s=settings.encoder_timeout_s,
         max_items_per_call=settings.encoder_batch_size,
         max_message_bytes=settings.max_message_bytes,
+        tls=settings.encoder_tls(),
     )
 
 
@@ -173,8 +187,14 @@ def describe(predictor: Predictor, settings: PredictorSettings, store: FeatureSt
         f"{store.online_store} store project {store.feast_project!r}, "
         f"image encoder {settings.image_encoder_address or 'none'}, "
         f"text encoder {settings.text_encoder_address or 'none'}, "
+        f"encoder channels {_describe_encoder_tls(settings)}, "
         f"write-back {'on' if settings.write_back else 'off'})"
     )
+
+
+def _describe_encoder_tls(settings: PredictorSettings) -> str:
+    tls = settings.encoder_tls()
+    return "plaintext" if tls is None else tls.describe()
 
 
 def serve() -> None:

@@ -70,17 +70,20 @@ class QualityPredictorServicer(predictor_grpc.QualityPredictorServiceServicer):
         self._write_back = write_back
         self._encoders = encoders
         self._max_batch_size = max_batch_size
+        self._log_scale_attributes = frozenset(predictor.attribute_encoder.log_scale)
 
     def PredictQuality(
         self, request: predictor_pb2.PredictQualityRequest, context: grpc.ServicerContext
     ) -> predictor_pb2.PredictQualityResponse:
-        parsed = parse_request(request, self._schema)
+        parsed = parse_request(request, self._schema, log_scale_attributes=self._log_scale_attributes)
         return self.predict([parsed], _deadline(context))[0]
 
     def PredictQualityBatch(
         self, request: predictor_pb2.PredictQualityBatchRequest, context: grpc.ServicerContext
     ) -> predictor_pb2.PredictQualityBatchResponse:
-        parsed = parse_batch(request, self._schema, self._max_batch_size)
+        parsed = parse_batch(
+            request, self._schema, self._max_batch_size, log_scale_attributes=self._log_scale_attributes
+        )
         return predictor_pb2.PredictQualityBatchResponse(responses=self.predict(parsed, _deadline(context)))
 
     def predict(

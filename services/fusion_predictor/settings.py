@@ -6,11 +6,13 @@ The online store is configured separately by `features.config.FeatureStoreSettin
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
-from services.common.settings import ServiceSettings, SettingsError
+from services.common.auth import check_token, read_token_file
+from services.common.settings import ServiceSettings, SettingsError, empty_is_unset
+from services.common.tls import ClientTls, check_ca_bundle, check_key_pair, check_pem_file
 
 DEFAULT_PORT = 50050
 
@@ -69,6 +71,108 @@ class PredictorSettings(ServiceSettings):
         description='Torch device of the fusion model: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".',
     )
 
+    encoder_tls_ca_path: Path | None = Field(
+        default=None,
+        description=(
+            "PEM CA certificates that verify the encoders' server certificates. Set it to call the "
+            "encoders over TLS; unset calls them over plaintext."
+        ),
+    )
+    encoder_tls_cert_path: Path | None = Field(
+        default=None,
+        description=(
+            "PEM client certificate that the predictor presents to encoders that require mutual TLS. "
+            "Set it together with the key and the CA."
+        ),
+    )
+    encoder_tls_key_path: Path | None = Field(
+        default=None,
+        description="PEM private key of the client certificate, unencrypted.",
+    )
+    encoder_tls_server_name: str = Field(
+        default="",
+        description=(
+            "Host name checked against the encoders' certificates instead of the one in their "
+            "addresses, for certificates issued to another name; empty uses the address."
+        ),
+    )
+    auth_tokens_path: Path | None = Field(
+        default=None,
+        description=(
+            "File of accepted bearer tokens, one per line (blank lines and lines starting with # are "
+            "skipped). When set, every QualityPredictorService call needs the metadata "
+            "'authorization: Bearer <token>'; health checking and reflection stay open."
+        ),
+    )
+    auth_token: SecretStr | None = Field(
+        default=None,
+        description=(
+            "One accepted bearer token, for setups without a token file; the file is safer because "
+            "an environment variable shows in the process environment and in compose output. Set "
+            "at most one of the two."
+        ),
+    )
+
+    @field_validator(
+        "encoder_tls_ca_path", "encoder_tls_cert_path", "encoder_tls_key_path", "auth_tokens_path", "auth_token",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return empty_is_unset(value)
+
+    @field_validator("encoder_tls_ca_path", "encoder_tls_cert_path")
+    @classmethod
+    def _check_certificate_file(cls, value: Path | None) -> Path | None:
+        return None if value is None else check_pem_file(value, "certificate")
+
+    @field_validator("encoder_tls_key_path")
+    @classmethod
+    def _check_key_file(cls, value: Path | None) -> Path | None:
+        return None if value is None else check_pem_file(value, "private key")
+
+    @field_validator("auth_tokens_path")
+    @classmethod
+    def _check_token_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            read_token_file(value)
+        return value
+
+    @field_validator("auth_token")
+    @classmethod
+    def _check_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            check_token(value.get_secret_value())
+        return value
+
+    @model_validator(mode="after")
+    def _check_encoder_tls_together(self) -> Self:
+        ca, cert, key = (
+            self.env_name(name) for name in ("encoder_tls_ca_path", "encoder_tls_cert_path", "encoder_tls_key_path")
+        )
+        if (self.encoder_tls_cert_path is None) != (self.encoder_tls_key_path is None):
+            raise ValueError(f"{cert} and {key} must be set together: mutual TLS needs the certificate and its key")
+        if self.encoder_tls_cert_path is not None and self.encoder_tls_ca_path is None:
+            raise ValueError(f"{cert} needs {ca}: the client certificate is only sent over TLS")
+        if self.encoder_tls_server_name and self.encoder_tls_ca_path is None:
+            raise ValueError(f"{self.env_name('encoder_tls_server_name')} needs {ca}: it only applies to TLS")
+        if self.encoder_tls_cert_path is not None and self.encoder_tls_key_path is not None:
+            try:
+                check_key_pair(self.encoder_tls_cert_path, self.encoder_tls_key_path)
+            except ValueError as error:
+                raise ValueError(f"{cert} and {key}: {error}") from None
+        if self.encoder_tls_ca_path is not None:
+            try:
+                check_ca_bundle(self.encoder_tls_ca_path)
+            except ValueError as error:
+                raise ValueError(f"{ca}: {error}") from None
+        if self.auth_tokens_path is not None and self.auth_token is not None:
+            raise ValueError(
+                f"set only one of {self.env_name('auth_tokens_path')} and {self.env_name('auth_token')}; "
+                "a token file can hold several tokens"
+            )
+        return self
+
     @field_validator("model_path")
     @classmethod
     def _check_model_path(cls, value: Path | None) -> Path | None:
@@ -84,3 +188,26 @@ class PredictorSettings(ServiceSettings):
                 "written by the training pipeline (it contains checkpoint.json)"
             )
         return self.model_path
+
+    def encoder_tls(self) -> ClientTls | None:
+        """Return the TLS configuration of the channels to the encoders, or None for plaintext."""
+        if self.encoder_tls_ca_path is None:
+            return None
+        return ClientTls(
+            ca_path=self.encoder_tls_ca_path,
+            cert_path=self.encoder_tls_cert_path,
+            key_path=self.encoder_tls_key_path,
+            server_name=self.encoder_tls_server_name or None,
+        )
+
+    def accepted_tokens(self) -> list[str]:
+        """Return the accepted bearer tokens; an empty list means calls need no token."""
+        if self.auth_tokens_path is not None:
+            try:
+                return read_token_file(self.auth_tokens_path)
+            except ValueError as error:
+                # The file was valid when the settings were read, so it changed since then.
+                raise SettingsError(f"{self.env_name('auth_tokens_path')}: {error}") from None
+        if self.auth_token is not None:
+            return [self.auth_token.get_secret_value()]
+        return []

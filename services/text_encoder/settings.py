@@ -6,11 +6,12 @@ from typing import ClassVar
 
 from pydantic import Field, ValidationInfo, field_validator
 
+from encoders.runtime import TEXT_RUNTIMES
 from encoders.text.backbones import DEFAULT_TEXT_BACKBONE, get_text_backbone
-from services.common.settings import ServiceSettings
+from services.common.encoder_settings import EncoderServiceSettings
 
 
-class TextEncoderSettings(ServiceSettings):
+class TextEncoderSettings(EncoderServiceSettings):
     """Configuration of `python -m services.text_encoder`. Each field `x` is set by PQ_TEXT_ENCODER_X."""
 
     env_prefix: ClassVar[str] = "PQ_TEXT_ENCODER_"
@@ -22,7 +23,17 @@ class TextEncoderSettings(ServiceSettings):
     max_batch_size: int = Field(
         default=64,
         ge=1,
-        description="Maximum number of texts per EmbedTexts request.",
+        description=(
+            "Maximum number of texts per EmbedTexts request, and per forward pass with dynamic batching."
+        ),
+    )
+    runtime: str = Field(
+        default="auto",
+        description=(
+            'Inference runtime: "torch" (PyTorch eager), "onnx" (ONNX Runtime) or "auto" (onnx '
+            "when onnxruntime can run on the device, else torch). Every runtime gives the torch "
+            "embeddings within a tested tolerance, so the model id stays the same."
+        ),
     )
     backbone: str = Field(default=DEFAULT_TEXT_BACKBONE, description="Name of a registered text backbone.")
     max_tokens: int = Field(
@@ -43,4 +54,11 @@ class TextEncoderSettings(ServiceSettings):
         backbone = info.data.get("backbone")
         if backbone is not None:
             get_text_backbone(backbone).check_max_tokens(value)
+        return value
+
+    @field_validator("runtime")
+    @classmethod
+    def _check_runtime(cls, value: str) -> str:
+        if value not in TEXT_RUNTIMES:
+            raise ValueError(f"unknown runtime {value!r}; use one of {', '.join(TEXT_RUNTIMES)}")
         return value

@@ -109,6 +109,17 @@ def test_blank_text_names_index(stub) -> None:
     assert len(response.results) == 1
 
 
+@pytest.mark.parametrize("text", ["\u200b\u200b", "\x00\x01", " \ue000 \u0301 "])
+def test_invisible_text_names_index(stub, text: str) -> None:
+    with pytest.raises(grpc.RpcError) as raised:
+        embed(stub, ["a product", text])
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "texts[1] contains only white space and control" in raised.value.details()
+
+    response = embed(stub, ["a product"])
+    assert len(response.results) == 1
+
+
 def test_many_blank_texts_listed(stub) -> None:
     with pytest.raises(grpc.RpcError) as raised:
         embed(stub, ["", "x", "", " ", "", "", "", "  "])

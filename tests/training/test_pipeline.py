@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from benchmarks._predictor import ensure_run
+from benchmarks.load_test import run_load_test
 from training.catalogue import default_datasets_dir
 from training.experiment_data import load_experiment_data
 from training.pipeline import main, parse_options, run_job
@@ -49,6 +51,15 @@ def test_sample_job_with_sqlite(tmp_path: Path) -> None:
     }
     # The generated catalogue is recorded, so experiments on this run need no --catalogue.
     assert len(load_experiment_data(tmp_path / "sample")) == sum(written["split_sizes"].values())
+
+    # A short load test of the run's stack: every call of every kind is served, and each
+    # service stops cleanly after it.
+    load = run_load_test(
+        ensure_run(tmp_path / "sample", require_redis=False), clients=4, duration_s=6.0, log_dir=tmp_path / "load"
+    )
+    assert load.errors == 0, {kind: dict(stats.errors) for kind, stats in load.stats.items()}
+    assert all(len(stats.latencies_s) > 0 for stats in load.stats.values())
+    assert load.exit_statuses == {"fusion predictor": 0, "text encoder": 0, "image encoder": 0}
 
 
 @pytest.mark.skipif(not BOARDGAMES.is_dir(), reason=f"board games dataset not found at {BOARDGAMES}")
