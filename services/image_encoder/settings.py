@@ -34,7 +34,8 @@ class ImageEncoderSettings(EncoderServiceSettings):
         description=(
             'Inference runtime: "torch" (PyTorch eager), "torch_channels_last", "onnx" (ONNX Runtime) or "auto" (onnx '
             "when onnxruntime can run on the device, else torch). Every runtime gives the torch "
-            "embeddings within a tested tolerance, so the model id stays the same."
+            "embeddings within a tested tolerance, so the model id stays the same. On 2 CPU cores onnx "
+            "ran EfficientNet-Lite0 3 to 5 times as fast as torch (docs/benchmarks.md)."
         ),
     )
     backbone: str = Field(default=DEFAULT_IMAGE_BACKBONE, description="Name of a registered image backbone.")
