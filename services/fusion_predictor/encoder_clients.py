@@ -1,15 +1,19 @@
 """gRPC clients of the image and text encoder services, with deadlines and error mapping.
 
 Each call's deadline is the smaller of the configured encoder timeout and the time the predictor's
-own caller has left. Inputs are sent in chunks of at most `max_items_per_call`, the encoders' maximum
-batch size, all in flight at once. Encoder failures become service errors of the predictor:
+own caller has left minus `deadline_margin_s`, which leaves time to respond after an encoder timeout.
+Inputs are sent in chunks of at most `max_items_per_call`, the encoders' maximum batch size, all in
+flight at once. Encoder failures become service errors of the predictor:
 
     encoder status                      predictor error
     INVALID_ARGUMENT (for example a     InvalidArgumentError naming the predictor's request field
       corrupt image)
     UNAVAILABLE (cannot connect, or     UnavailableError naming the encoder address
       the TLS handshake failed)
-    DEADLINE_EXCEEDED                   DeadlineExceededError
+    RESOURCE_EXHAUSTED (the encoder's   UnavailableError, because a retry later can succeed
+      batching queue is full)
+    DEADLINE_EXCEEDED                   DeadlineExceededError when the caller's deadline set the
+                                        limit, UnavailableError when the encoder timeout did
     any other status                    ServiceError (INTERNAL) with the encoder's status and message
 
 Every response's model id is checked against the checkpoint's, because vectors of another encoder
@@ -55,11 +59,18 @@ class PendingEmbeddings:
         calls: list[tuple[grpc.Future, slice]],
         field_paths: Sequence[str],
         timeout_s: float,
+        caller_limited: bool,
     ) -> None:
         self._client = client
         self._calls = calls
         self._field_paths = list(field_paths)
         self._timeout_s = timeout_s
+        self._caller_limited = caller_limited
+
+    @property
+    def kind(self) -> str:
+        """The encoder's kind, "image" or "text"."""
+        return self._client.kind
 
     def result(self) -> np.ndarray:
         """Return the embeddings (N, D) float32 in input order; raise a ServiceError on failure."""
@@ -70,7 +81,9 @@ class PendingEmbeddings:
             except grpc.RpcError as error:
                 for later, _rows in self._calls[position + 1 :]:
                     later.cancel()
-                raise self._client.map_error(error, self._field_paths[rows], self._timeout_s) from None
+                raise self._client.map_error(
+                    error, self._field_paths[rows], self._timeout_s, caller_limited=self._caller_limited
+                ) from None
             parts.append(self._client.decode_reply(reply, rows.stop - rows.start))
         return np.concatenate(parts, axis=0)  # (N, D)
 
@@ -90,8 +103,10 @@ class _EncoderClient(Generic[_Item]):
         max_items_per_call: int,
         max_message_bytes: int,
         tls: ClientTls | None = None,
+        deadline_margin_s: float = 0.0,
     ) -> None:
         self.address = address
+        self.deadline_margin_s = deadline_margin_s
         self.expected_model_id = expected_model_id
         self.expected_dim = expected_dim
         self.timeout_s = timeout_s
@@ -119,7 +134,9 @@ class _EncoderClient(Generic[_Item]):
         `field_paths` names each item's field in the predictor's request, for error messages.
         `remaining_s` is the time the predictor's caller has left, or None without a deadline.
         """
-        timeout_s = self.timeout_s if remaining_s is None else min(self.timeout_s, remaining_s)
+        caller_s = None if remaining_s is None else remaining_s - self.deadline_margin_s
+        caller_limited = caller_s is not None and caller_s < self.timeout_s
+        timeout_s = caller_s if caller_s is not None and caller_limited else self.timeout_s
         if timeout_s <= 0:
             raise DeadlineExceededError(
                 f"the call's deadline passed before the {self.kind} encoder at {self.address} was called"
@@ -128,10 +145,16 @@ class _EncoderClient(Generic[_Item]):
         for start in range(0, len(items), self.max_items_per_call):
             rows = slice(start, min(start + self.max_items_per_call, len(items)))
             calls.append((self._start_call(items[rows], timeout_s), rows))
-        return PendingEmbeddings(self, calls, field_paths, timeout_s)
+        return PendingEmbeddings(self, calls, field_paths, timeout_s, caller_limited)
 
-    def map_error(self, error: grpc.RpcError, field_paths: Sequence[str], timeout_s: float) -> ServiceError:
-        """Turn a failed encoder call into the predictor's ServiceError."""
+    def map_error(
+        self, error: grpc.RpcError, field_paths: Sequence[str], timeout_s: float, *, caller_limited: bool
+    ) -> ServiceError:
+        """Turn a failed encoder call into the predictor's ServiceError.
+
+        `caller_limited` tells whether `timeout_s` came from the caller's deadline rather than from
+        the encoder timeout setting.
+        """
         code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
         details = (error.details() if isinstance(error, grpc.Call) else None) or str(error)
         if code == grpc.StatusCode.INVALID_ARGUMENT:
@@ -146,10 +169,20 @@ class _EncoderClient(Generic[_Item]):
                 "service is running, that the predictor's address setting points to it, and that "
                 "PQ_PREDICTOR_ENCODER_TLS_* match the encoder's TLS settings"
             )
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return UnavailableError(
+                f"the {self.kind} encoder at {self.address} is overloaded ({details}); retry later"
+            )
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED and caller_limited:
             return DeadlineExceededError(
-                f"the {self.kind} encoder at {self.address} did not respond within {timeout_s:.3g} s "
-                "(the smaller of the encoder timeout and the call's remaining time)"
+                f"the {self.kind} encoder at {self.address} did not respond within {timeout_s:.3g} s, "
+                "the call's remaining time"
+            )
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            # The caller still has time, so the encoder is too slow right now and a retry can succeed.
+            return UnavailableError(
+                f"the {self.kind} encoder at {self.address} did not respond within the encoder timeout "
+                f"of {timeout_s:.3g} s"
             )
         logger.error("%s encoder at %s failed with %s: %s", self.kind, self.address, code.name, details)
         return ServiceError(f"the {self.kind} encoder at {self.address} failed with {code.name}: {details}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import pickle
 from typing import TypeVar
 
 import grpc
@@ -42,6 +43,13 @@ def load_predictor(settings: PredictorSettings) -> Predictor:
     except (CheckpointError, ValueError, OSError) as error:
         raise SettingsError(
             f"{settings.env_name('model_path')}={str(model_path)!r} cannot be loaded: {error}"
+        ) from error
+    except pickle.UnpicklingError as error:
+        # torch.load(weights_only=True) raises this for a weights.pt that contains objects other than
+        # tensors, which an arbitrary pickle would run code to build.
+        raise SettingsError(
+            f"{settings.env_name('model_path')}={str(model_path)!r} cannot be loaded: its weights.pt "
+            f"contains objects other than tensors, so it was not written by save_checkpoint: {error}"
         ) from error
 
 
@@ -138,6 +146,7 @@ def create_server(
         write_back=EmbeddingWriteBack(writer) if writer is not None and settings.write_back else None,
         encoders=encoders,
         max_batch_size=settings.max_batch_size,
+        on_encoder_failure=settings.on_encoder_failure,
     )
 
     def register(server: grpc.Server) -> list[str]:
@@ -177,6 +186,7 @@ def _encoder_client(
         max_items_per_call=settings.encoder_batch_size,
         max_message_bytes=settings.max_message_bytes,
         tls=settings.encoder_tls(),
+        deadline_margin_s=settings.encoder_deadline_margin_s,
     )
 
 
@@ -188,6 +198,7 @@ def describe(predictor: Predictor, settings: PredictorSettings, store: FeatureSt
         f"image encoder {settings.image_encoder_address or 'none'}, "
         f"text encoder {settings.text_encoder_address or 'none'}, "
         f"encoder channels {_describe_encoder_tls(settings)}, "
+        f"on encoder failure {settings.on_encoder_failure}, "
         f"write-back {'on' if settings.write_back else 'off'})"
     )
 

@@ -4,6 +4,10 @@ A call, single or batch, runs each step once for all of its products. It validat
 reads the online store for the product ids and merges stored features with inline content. It then
 embeds the inline images and texts (one encoder call each, in parallel), runs one fusion forward
 pass, writes the newly computed embeddings back to the store, and builds the responses.
+
+When an encoder is unavailable or too slow, the call fails by default. With
+`on_encoder_failure="degrade"` the products are scored without that modality instead, and their
+responses are marked degraded.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import grpc
 import numpy as np
@@ -24,6 +29,7 @@ from fusion.predictions import FusionInputs, FusionPredictions, QualityModel
 from pq.v1 import quality_predictor_pb2 as predictor_pb2
 from pq.v1 import quality_predictor_pb2_grpc as predictor_grpc
 from services.common.errors import (
+    DeadlineExceededError,
     FailedPreconditionError,
     InvalidArgumentError,
     ServiceError,
@@ -41,6 +47,10 @@ SERVICE_NAME = predictor_pb2.DESCRIPTOR.services_by_name["QualityPredictorServic
 
 # Modalities in the order of FusionInputs.present columns and of the response's contributions.
 _MODALITIES = (predictor_pb2.MODALITY_IMAGE, predictor_pb2.MODALITY_TEXT, predictor_pb2.MODALITY_ATTRIBUTES)
+
+ENCODER_FAILED = predictor_pb2.INPUT_SOURCE_ENCODER_FAILED
+
+EncoderFailurePolicy = Literal["fail", "degrade"]
 
 
 @dataclass(frozen=True)
@@ -63,8 +73,10 @@ class QualityPredictorServicer(predictor_grpc.QualityPredictorServiceServicer):
         write_back: EmbeddingWriteBack | None,
         encoders: EncoderClients,
         max_batch_size: int,
+        on_encoder_failure: EncoderFailurePolicy = "fail",
     ) -> None:
         self._predictor = predictor
+        self._on_encoder_failure = on_encoder_failure
         self._schema = schema
         self._reader = reader
         self._write_back = write_back
@@ -154,6 +166,7 @@ class QualityPredictorServicer(predictor_grpc.QualityPredictorServiceServicer):
 
         pending_images: PendingEmbeddings | None = None
         pending_texts: PendingEmbeddings | None = None
+        # Both calls start before either is awaited, so the two encoders work in parallel.
         if image_rows and image_client is not None:
             pending_images = image_client.submit(
                 [products[i].image_to_compute or b"" for i in image_rows],
@@ -168,11 +181,37 @@ class QualityPredictorServicer(predictor_grpc.QualityPredictorServiceServicer):
             )
 
         if pending_images is not None:
-            for i, vector in zip(image_rows, pending_images.result(), strict=True):
+            images = self._await_embeddings(pending_images, len(image_rows))
+            for i, vector in zip(image_rows, images, strict=True):
                 products[i].image = vector
+                if vector is None:
+                    products[i].image_source = ENCODER_FAILED
         if pending_texts is not None:
-            for i, vector in zip(text_rows, pending_texts.result(), strict=True):
+            texts = self._await_embeddings(pending_texts, len(text_rows))
+            for i, vector in zip(text_rows, texts, strict=True):
                 products[i].text = vector
+                if vector is None:
+                    products[i].text_source = ENCODER_FAILED
+
+    def _await_embeddings(self, pending: PendingEmbeddings, count: int) -> list[np.ndarray | None]:
+        """Return the embeddings of `pending`, each (D,) float32, or None for each when its encoder failed.
+
+        Only an unavailable or timed-out encoder degrades the call, and only with
+        on_encoder_failure="degrade". Rejected content, a wrong encoder model and internal errors
+        still fail the call, because scoring without the modality would hide them.
+        """
+        try:
+            return list(pending.result())
+        except (UnavailableError, DeadlineExceededError) as error:
+            if self._on_encoder_failure != "degrade":
+                raise
+            logger.warning(
+                "scoring %d product(s) without the %s modality, whose encoder failed: %s",
+                count,
+                pending.kind,
+                error.message,
+            )
+            return [None] * count
 
     def _response(
         self,
@@ -182,8 +221,11 @@ class QualityPredictorServicer(predictor_grpc.QualityPredictorServiceServicer):
         row: int,
     ) -> predictor_pb2.PredictQualityResponse:
         sources = [product.image_source, product.text_source, product.attribute_source]
-        # The model decides presence; a source whose value it treats as missing is reported MISSING.
-        sources = [source if present[m] else MISSING for m, source in enumerate(sources)]
+        # The model decides presence; a source whose value it treats as missing is reported MISSING,
+        # unless an encoder failure is the reason.
+        sources = [
+            source if present[m] or source == ENCODER_FAILED else MISSING for m, source in enumerate(sources)
+        ]
 
         response = predictor_pb2.PredictQualityResponse(
             product_id=product.request.product_id or "",
@@ -191,6 +233,7 @@ class QualityPredictorServicer(predictor_grpc.QualityPredictorServiceServicer):
             baseline=float(predictions.baseline[row]),
             model_version=self._predictor.model_version,
             label=self._predictor.label_name,
+            degraded=ENCODER_FAILED in sources,
         )
         if predictions.class_probabilities is not None:
             for label, probability in zip(

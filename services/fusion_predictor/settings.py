@@ -6,7 +6,7 @@ The online store is configured separately by `features.config.FeatureStoreSettin
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Self
+from typing import ClassVar, Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
@@ -43,7 +43,26 @@ class PredictorSettings(ServiceSettings):
         gt=0,
         description=(
             "Maximum time in seconds for the encoder calls of one request, whose chunks run in parallel; "
-            "a shorter client deadline wins."
+            "the client's remaining time less PQ_PREDICTOR_ENCODER_DEADLINE_MARGIN_S wins when shorter."
+        ),
+    )
+    encoder_deadline_margin_s: float = Field(
+        default=0.1,
+        ge=0,
+        description=(
+            "Seconds kept back from the caller's remaining time when the encoder calls get their "
+            "deadline, so that after an encoder timeout the predictor still has time to send the "
+            "degraded answer or the DEADLINE_EXCEEDED status before the caller gives up."
+        ),
+    )
+    on_encoder_failure: Literal["fail", "degrade"] = Field(
+        default="fail",
+        description=(
+            'What a call does when an encoder that it needs is unavailable or too slow. "fail" '
+            "returns UNAVAILABLE, or DEADLINE_EXCEEDED when the caller's deadline ran out. "
+            '"degrade" scores the product without that modality and marks the response degraded. '
+            '"fail" is the default because a degraded score can differ from the full one, and only '
+            "a client that checks the degraded flag should get one."
         ),
     )
     encoder_batch_size: int = Field(

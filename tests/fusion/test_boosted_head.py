@@ -24,6 +24,7 @@ from features.schema import FeatureSchema
 from fusion.attributes import AttributeEncoder
 from fusion.boosted.checkpoint import load_boosted_checkpoint, save_boosted_checkpoint
 from fusion.boosted.config import BoostedConfig, BoostedConfigError, CatBoostSettings, LightGBMSettings
+from fusion.boosted.members import CatBoostMember
 from fusion.boosted.model import BoostedFusionModel
 from fusion.boosted.predictor import BoostedPredictor
 from fusion.boosted.projections import EmbeddingProjection
@@ -626,3 +627,20 @@ def test_boosted_serving_without_torch(mixed: TrainedBoosted):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
 
     assert result.stdout.strip() == "[]"
+
+
+def test_catboost_prediction_pool_matches_training_pool(mixed: TrainedBoosted):
+    """CatBoost predicts from a plain object array exactly what it predicts from the training DataFrame."""
+    test = mixed.test
+    present = np.ones((TEST_ROWS, 3), dtype=bool)
+    present[::4, 0] = False
+    present[1::4, 2] = False
+    inputs = test.inputs(present)
+    encoded = mixed.model.encoder.transform(inputs.attributes)
+    x = mixed.model.features.build(encoded, inputs.image, inputs.text, present)  # (B, F)
+    member = mixed.model.members["catboost"]
+    assert isinstance(member, CatBoostMember)
+
+    expected = np.asarray(member.model.predict(member._pool(x)), dtype=np.float64)
+
+    np.testing.assert_array_equal(member.predict(x), expected)
