@@ -148,7 +148,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     environment = _environment(args.env)
     prefix = "PQ_IMAGE_ENCODER_" if args.modality == "image" else "PQ_TEXT_ENCODER_"
     environment.setdefault(f"{prefix}DEVICE", "cpu")
-    runtime = environment.get(f"{prefix}RUNTIME")
+    # Without a runtime setting the service uses its default, and so does the in-process limit.
+    if args.modality == "image":
+        from services.image_encoder.settings import ImageEncoderSettings as settings_type
+    else:
+        from services.text_encoder.settings import TextEncoderSettings as settings_type
+    runtime = environment.get(f"{prefix}RUNTIME", settings_type.model_fields["runtime"].default)
 
     products, source = load_products(args.catalogue, args.items)
     items: list[bytes] | list[str] = (
@@ -158,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     unit = "images" if args.modality == "image" else "texts"
     print(f"# {args.modality} encoder service vs in process: {len(items)} {unit} from {source}")
-    print(f"# machine: {describe_machine()}; service settings: {environment}")
+    print(f"# machine: {describe_machine()}; runtime {runtime}; service settings: {environment}")
 
     limit, decode_ms = _in_process_limit(args.modality, items, runtime, args.limit_batch)
     module = "services.image_encoder" if args.modality == "image" else "services.text_encoder"
