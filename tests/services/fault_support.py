@@ -154,3 +154,13 @@ def start_fake_encoders() -> FakeEncoders:
         servers.append(server)
         addresses.append(f"127.0.0.1:{port}")
     return FakeEncoders(image, text, addresses[0], addresses[1], servers)
+
+
+def restart_text_encoder(encoders: FakeEncoders) -> grpc.Server:
+    """Start a new fake text encoder on the stopped one's address, with the same behaviour."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    text_encoder_pb2_grpc.add_TextEncoderServiceServicer_to_server(FakeTextEncoder(encoders.text), server)
+    if server.add_insecure_port(encoders.text_address) == 0:
+        raise OSError(f"could not bind the fake text encoder to {encoders.text_address} again")
+    server.start()
+    return server

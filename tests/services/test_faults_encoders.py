@@ -20,7 +20,12 @@ from features.config import FeatureStoreSettings
 from pq.v1 import quality_predictor_pb2 as predictor_pb2
 from pq.v1 import quality_predictor_pb2_grpc as predictor_grpc
 from services.fusion_predictor import PredictorSettings, create_server
-from tests.services.fault_support import FakeEncoders, save_small_checkpoint, start_fake_encoders
+from tests.services.fault_support import (
+    FakeEncoders,
+    restart_text_encoder,
+    save_small_checkpoint,
+    start_fake_encoders,
+)
 
 Request = predictor_pb2.PredictQualityRequest
 Content = predictor_pb2.ProductContent
@@ -159,6 +164,32 @@ def test_encoder_down_degraded(checkpoint: Path, encoders: FakeEncoders) -> None
     assert response.degraded
     assert sources(response) == [COMPUTED, ENCODER_FAILED, REQUEST]
     assert list(response.missing_modalities) == [TEXT]
+
+
+def test_restarted_encoder_used_again(checkpoint: Path) -> None:
+    encoders = start_fake_encoders()
+    try:
+        with predictor(checkpoint, encoders) as stub:
+            stub.PredictQuality(FULL_REQUEST, timeout=TIMEOUT_S)
+            encoders.servers[1].stop(0).wait()
+            # Failed calls over several seconds let gRPC's reconnect backoff grow.
+            down_until = time.monotonic() + 8.0
+            while time.monotonic() < down_until:
+                error, _elapsed_s = timed_error(stub, timeout_s=TIMEOUT_S)
+                assert error.code() == grpc.StatusCode.UNAVAILABLE
+                time.sleep(0.5)
+            encoders.servers[1] = restart_text_encoder(encoders)
+            restarted = time.monotonic()
+            while True:
+                try:
+                    stub.PredictQuality(FULL_REQUEST, timeout=TIMEOUT_S)
+                    break
+                except grpc.RpcError as error:
+                    assert error.code() == grpc.StatusCode.UNAVAILABLE
+                    assert time.monotonic() - restarted < 5.0, "the restarted encoder was not used within 5 s"
+                    time.sleep(0.2)
+    finally:
+        encoders.stop()
 
 
 def test_encoder_down_fails_by_default(checkpoint: Path, encoders: FakeEncoders) -> None:
