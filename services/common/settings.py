@@ -90,10 +90,28 @@ def empty_is_unset(value: object) -> object:
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
+def check_host_port(value: str) -> str:
+    """Return `value` when it is "host:port" with a port from 0 to 65535; raise ValueError otherwise.
+
+    IPv6 hosts are written in brackets, as in "[::1]:50051", and gRPC's "unix:PATH" sockets pass.
+    Without this check gRPC accepts a bare host and listens on its default port, 443.
+    """
+    if value.startswith("unix:"):
+        return value
+    host, separator, port = value.rpartition(":")
+    if not separator or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{value!r} is not host:port; give a port, for example 127.0.0.1:50051")
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise ValueError(f"{value!r} has an IPv6 host without brackets; write it as [host]:port")
+    return value
+
+
 class ServiceSettings(EnvSettings):
     """Settings every gRPC service has; subclasses set `env_prefix` and the default `address`."""
 
-    address: str = Field(default="127.0.0.1:0", description="host:port to listen on; port 0 picks a free port.")
+    address: str = Field(
+        default="127.0.0.1:0", description="host:port to listen on; port 0 picks a free port."
+    )
     max_workers: int = Field(default=4, ge=1, description="Threads that serve calls concurrently.")
     max_message_bytes: int = Field(
         default=32 * 1024 * 1024,
@@ -107,7 +125,9 @@ class ServiceSettings(EnvSettings):
         ge=0.0,
         description="Seconds that calls in flight may keep running after a stop signal before they are cancelled.",
     )
-    log_level: str = Field(default="INFO", description="Python logging level name, for example INFO or DEBUG.")
+    log_level: str = Field(
+        default="INFO", description="Python logging level name, for example INFO or DEBUG."
+    )
     device: str = Field(
         default="auto",
         pattern=r"^(auto|cpu|cuda(:\d+)?)$",
@@ -132,6 +152,11 @@ class ServiceSettings(EnvSettings):
             "signed by one of them. Needs the server certificate and key."
         ),
     )
+
+    @field_validator("address")
+    @classmethod
+    def _check_address(cls, value: str) -> str:
+        return check_host_port(value)
 
     @field_validator("log_level")
     @classmethod
@@ -158,9 +183,13 @@ class ServiceSettings(EnvSettings):
 
     @model_validator(mode="after")
     def _check_tls_files_together(self) -> Self:
-        cert, key, client_ca = (self.env_name(name) for name in ("tls_cert_path", "tls_key_path", "tls_client_ca_path"))
+        cert, key, client_ca = (
+            self.env_name(name) for name in ("tls_cert_path", "tls_key_path", "tls_client_ca_path")
+        )
         if (self.tls_cert_path is None) != (self.tls_key_path is None):
-            raise ValueError(f"{cert} and {key} must be set together: TLS needs both the certificate and its key")
+            raise ValueError(
+                f"{cert} and {key} must be set together: TLS needs both the certificate and its key"
+            )
         if self.tls_client_ca_path is not None and self.tls_cert_path is None:
             raise ValueError(f"{client_ca} needs {cert} and {key}: mutual TLS runs over TLS")
         if self.tls_cert_path is not None and self.tls_key_path is not None:

@@ -44,8 +44,11 @@ from services.common.tls import ClientTls, open_channel
 
 logger = logging.getLogger(__name__)
 
-# Longest wait, in milliseconds, before the channel to an encoder tries to connect again.
+# Maximum wait, in milliseconds, before the channel to an encoder tries to connect again.
 RECONNECT_BACKOFF_MS = 1000
+# Text of the encoders' INVALID_ARGUMENT for a call with more items than their maximum batch size
+# (services/image_encoder/servicer.py, services/text_encoder/servicer.py).
+_BATCH_LIMIT_MARKER = "more than the server's maximum batch size"
 
 # The encoders name a bad item by its index in their own request, as "images[3]" or "texts[3]".
 _ITEM_INDEX = re.compile(r"\b(?:images|texts)\[(\d+)\]")
@@ -165,6 +168,15 @@ class _EncoderClient(Generic[_Item]):
         """
         code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
         details = (error.details() if isinstance(error, grpc.Call) else None) or str(error)
+        if code == grpc.StatusCode.INVALID_ARGUMENT and _BATCH_LIMIT_MARKER in details:
+            # The predictor chose the chunk size, so this is the server's configuration, not the
+            # caller's request.
+            logger.error("%s encoder at %s rejected a chunk: %s", self.kind, self.address, details)
+            return FailedPreconditionError(
+                f"the {self.kind} encoder at {self.address} accepts fewer items per call than "
+                f"PQ_PREDICTOR_ENCODER_BATCH_SIZE ({self.max_items_per_call}): {details}; set it to at most "
+                "the encoder's maximum batch size"
+            )
         if code == grpc.StatusCode.INVALID_ARGUMENT:
             return InvalidArgumentError(
                 f"{self._locate(details, field_paths)} was rejected by the {self.kind} encoder: {details}"

@@ -72,6 +72,7 @@ class Behaviour:
 
     delay_s: float = 0.0
     status: grpc.StatusCode | None = None
+    details: str | None = None  # the status message; None gives a generic one
     calls: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -83,7 +84,7 @@ class Behaviour:
         while time.monotonic() < end and context.is_active():
             time.sleep(0.02)
         if self.status is not None:
-            context.abort(self.status, f"fake encoder fails with {self.status.name}")
+            context.abort(self.status, self.details or f"fake encoder fails with {self.status.name}")
 
 
 class FakeImageEncoder(image_encoder_pb2_grpc.ImageEncoderServiceServicer):

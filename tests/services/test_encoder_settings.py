@@ -140,3 +140,19 @@ def test_describe_batching() -> None:
         "max queued items 32"
     )
     assert off.describe_batching() == "dynamic batching off"
+
+
+@pytest.mark.parametrize(
+    "address", ["localhost", "127.0.0.1:", ":50051", "127.0.0.1:http", "127.0.0.1:70000", "::1:50051"]
+)
+def test_address_without_port_rejected(address: str) -> None:
+    with pytest.raises(SettingsError) as raised:
+        TextEncoderSettings.from_env({"PQ_TEXT_ENCODER_ADDRESS": address})
+    assert "PQ_TEXT_ENCODER_ADDRESS" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "address", ["127.0.0.1:0", "0.0.0.0:50052", "[::1]:50052", "text-encoder:50052", "unix:/tmp/pq.sock"]
+)
+def test_address_with_port_accepted(address: str) -> None:
+    assert TextEncoderSettings.from_env({"PQ_TEXT_ENCODER_ADDRESS": address}).address == address

@@ -72,6 +72,7 @@ def encoders(module_encoders: FakeEncoders) -> FakeEncoders:
     for behaviour in (module_encoders.image, module_encoders.text):
         behaviour.delay_s = 0.0
         behaviour.status = None
+        behaviour.details = None
     return module_encoders
 
 
@@ -217,6 +218,20 @@ def test_encoder_status_mapped(
         error, _elapsed_s = timed_error(stub, timeout_s=TIMEOUT_S)
 
     assert error.code() == expected
+    assert encoders.text_address in error.details()
+
+
+def test_encoder_batch_limit_is_configuration(checkpoint: Path, encoders: FakeEncoders) -> None:
+    encoders.text.status = grpc.StatusCode.INVALID_ARGUMENT
+    encoders.text.details = (
+        "EmbedTextsRequest has 10 texts, more than the server's maximum batch size of 4; split it into "
+        "requests of at most 4 texts"
+    )
+    with predictor(checkpoint, encoders, on_encoder_failure="degrade") as stub:
+        error, _elapsed_s = timed_error(stub, timeout_s=TIMEOUT_S)
+
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "PQ_PREDICTOR_ENCODER_BATCH_SIZE" in error.details()
     assert encoders.text_address in error.details()
 
 
