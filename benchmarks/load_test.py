@@ -60,7 +60,7 @@ class KindStats:
 
 @dataclass
 class LoadReport:
-    """What a load test measured."""
+    """Results of one load test."""
 
     clients: int
     duration_s: float
@@ -77,7 +77,7 @@ class LoadReport:
         return sum(sum(stats.errors.values()) for stats in self.stats.values())
 
     def memory_growth_mib(self, service: str) -> float:
-        """Resident memory at the end minus after warm-up."""
+        """Return the resident memory at the end minus the memory after warm-up, in MiB."""
         samples = self.memory_mib[service]
         return samples[-1] - samples[_warm_up_index(samples)]
 
@@ -100,7 +100,7 @@ def _contents(run: ServedRun, count: int) -> list[predictor_pb2.ProductContent]:
 def run_load_test(
     run: ServedRun, *, clients: int, duration_s: float, log_dir: Path, seed: int = 0
 ) -> LoadReport:
-    """Start the run's stack, load it for `duration_s` seconds with `clients` threads, stop it."""
+    """Start the run's stack, send calls from `clients` threads for `duration_s` seconds, and stop it."""
     contents = _contents(run, 64)
     environment = {
         **run.environment,
