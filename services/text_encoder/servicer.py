@@ -16,10 +16,10 @@ from pq.v1 import text_encoder_pb2, text_encoder_pb2_grpc
 from services.common.batching import BatchingConfig, DynamicBatcher
 from services.common.cores import set_torch_threads
 from services.common.embedding_codec import to_message
+from services.common.encoder_server import build_encoder_server
 from services.common.errors import InvalidArgumentError
 from services.common.server import (
     ServiceServer,
-    build_server,
     configure_logging,
     load_settings_or_exit,
     run_until_signalled,
@@ -205,22 +205,7 @@ def build_servicer_server(
         text_encoder_pb2_grpc.add_TextEncoderServiceServicer_to_server(servicer, server)
         return [SERVICE_NAME]
 
-    def stop_batcher() -> None:
-        # The server's grace period has passed, so only calls that already ended can still be queued.
-        servicer.stop(settings.grace_period_s)
-
-    try:
-        return build_server(
-            address,
-            register,
-            max_workers=settings.worker_threads(),
-            max_message_bytes=settings.max_message_bytes,
-            on_stop=stop_batcher,
-            tls=settings.server_tls(),
-        )
-    except OSError:
-        servicer.stop(0)
-        raise
+    return build_encoder_server(address, register, servicer.stop, settings)
 
 
 def describe(encoder: TextEncoder) -> str:
