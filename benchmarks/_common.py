@@ -40,7 +40,7 @@ class Product:
 
 
 def default_catalogue() -> Path:
-    """The board games under PQ_DATASETS_DIR (default shared/datasets beside the clone)."""
+    """Return the board-games folder under PQ_DATASETS_DIR (default: shared/datasets beside the clone)."""
     return default_datasets_dir() / "boardgames"
 
 
@@ -181,7 +181,7 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None
 
 
 def describe_machine() -> str:
-    """One line naming the CPU count, memory and load, for the printed header."""
+    """Return one line naming the CPU count, memory and load average, for the printed header."""
     load = os.getloadavg()
     cores = len(os.sched_getaffinity(0))
     memory = psutil.virtual_memory().total / 2**30

@@ -1,7 +1,7 @@
 """Benchmark the predictor's cached path against its in-process limit (benchmark 3 of docs/benchmarks.md).
 
 Clients call PredictQuality with a product id only, so the predictor reads the product's stored
-attributes and embeddings from Redis and runs the fusion model; no encoder is called. The
+attributes and embeddings from Redis and runs the fusion model. No encoder is called. The
 in-process limit does the same work in this process, one product per call at the same
 concurrency: one pipelined Redis read through the predictor's own reader, then the model's
 prediction with its Shapley contributions. Rounds alternate limit and service.

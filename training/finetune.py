@@ -212,7 +212,7 @@ def fine_tune_text_encoder(
 
     # 3. Start the head from the linear probe on the frozen embeddings, or from zero weights.
     if config.head_init == "probe":
-        _init_head(objective.head, embed_in_batches(encoder, fit_texts), targets[fit_rows], task, config.seed)
+        init_head_from_probe(objective.head, embed_in_batches(encoder, fit_texts), targets[fit_rows], task, config.seed)
     else:
         with torch.no_grad():
             objective.head.weight.zero_()
@@ -310,7 +310,7 @@ def _train_epoch(
         batch = {name: tensor.to(device) for name, tensor in batch.items()}
         batch_targets = torch.as_tensor(targets[positions], dtype=torch.float32, device=device)  # (B,)
 
-        loss = _loss(objective(batch), batch_targets, task)
+        loss = head_loss(objective(batch), batch_targets, task)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(updated, max_norm=1.0)
@@ -381,14 +381,17 @@ def _tokenize(encoder: TextEncoder, texts: list[str], max_tokens: int) -> dict[s
     return {name: batch[name] for name in ("input_ids", "attention_mask", "token_type_ids", "special_tokens_mask")}
 
 
-def _loss(outputs: torch.Tensor, targets: torch.Tensor, task: str) -> torch.Tensor:
+def head_loss(outputs: torch.Tensor, targets: torch.Tensor, task: str) -> torch.Tensor:
+    """Return the head's loss: binary cross-entropy on logits, or mean squared error."""
     if task == "binary":
         return F.binary_cross_entropy_with_logits(outputs, targets)
     return F.mse_loss(outputs, targets)
 
 
-def _init_head(head: torch.nn.Linear, vectors: np.ndarray, targets: np.ndarray, task: str, seed: int) -> None:
-    """Set the head to a ridge fit (regression) or logistic fit (binary) on frozen embeddings (N, H)."""
+def init_head_from_probe(
+    head: torch.nn.Linear, vectors: np.ndarray, targets: np.ndarray, task: str, seed: int
+) -> None:
+    """Set the head to a ridge fit (regression) or logistic fit (binary) on frozen features (N, H)."""
     if task == "binary":
         probe = LogisticRegression(C=1.0, max_iter=2000, random_state=seed).fit(vectors, targets)
         weights, bias = probe.coef_.reshape(-1), float(probe.intercept_[0])
@@ -418,7 +421,7 @@ def _evaluate(
             batch.pop("special_tokens_mask")
             batch = {name: tensor.to(device) for name, tensor in batch.items()}
             chunk = torch.as_tensor(targets[start : start + EMBED_BATCH_SIZE], dtype=torch.float32, device=device)
-            total += float(_loss(objective(batch), chunk, task)) * len(chunk)
+            total += float(head_loss(objective(batch), chunk, task)) * len(chunk)
     return total / len(texts)
 
 

@@ -25,13 +25,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from sklearn.linear_model import LogisticRegression, RidgeCV
 
 from encoders.image.backbones import DEFAULT_IMAGE_BACKBONE, get_image_backbone
 from encoders.image.encoder import ImageEncoder, weights_sha256
 from fusion.device import resolve_device
-from training.finetune import HEAD_INIT_ALPHAS, HEAD_INITS, TASKS, EpochRecord
+from training.finetune import HEAD_INITS, TASKS, EpochRecord, head_loss, init_head_from_probe
 from training.image_augment import ImageAugmentation
 from training.image_network import CENTER_VIEW, SplitEfficientNetLite, TrunkFeatures, load_pretrained
 
@@ -256,7 +254,7 @@ def fine_tune_image_encoder(
 
     # 3. Start the head from the linear probe on the frozen features, or from zero weights.
     if config.head_init == "probe":
-        _init_head(
+        init_head_from_probe(
             objective.head, embed_from_trunk(network, trunk, fit_keys), targets[fit_rows], task, config.seed
         )
     else:
@@ -360,7 +358,7 @@ def _train_epoch(
             targets[positions.numpy()], dtype=torch.float32, device=device
         )  # (B,)
 
-        loss = _loss(objective(batch), batch_targets, task)
+        loss = head_loss(objective(batch), batch_targets, task)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(updated, max_norm=1.0)
@@ -408,27 +406,6 @@ def _parameter_groups(objective: _Objective, config: ImageFineTuneConfig) -> lis
     return groups
 
 
-def _loss(outputs: torch.Tensor, targets: torch.Tensor, task: str) -> torch.Tensor:
-    if task == "binary":
-        return F.binary_cross_entropy_with_logits(outputs, targets)
-    return F.mse_loss(outputs, targets)
-
-
-def _init_head(
-    head: torch.nn.Linear, features: np.ndarray, targets: np.ndarray, task: str, seed: int
-) -> None:
-    """Set the head to a ridge (regression) or logistic (binary) fit on frozen pooled features (N, 1280)."""
-    if task == "binary":
-        probe = LogisticRegression(C=1.0, max_iter=2000, random_state=seed).fit(features, targets)
-        weights, bias = probe.coef_.reshape(-1), float(probe.intercept_[0])
-    else:
-        ridge = RidgeCV(alphas=HEAD_INIT_ALPHAS).fit(features, targets)
-        weights, bias = np.asarray(ridge.coef_).reshape(-1), float(ridge.intercept_)
-    with torch.no_grad():
-        head.weight.copy_(torch.as_tensor(weights, dtype=torch.float32).reshape(1, -1))
-        head.bias.fill_(bias)
-
-
 def _evaluate(
     objective: _Objective, trunk: TrunkFeatures, keys: list[str], targets: np.ndarray, task: str
 ) -> float:
@@ -443,7 +420,7 @@ def _evaluate(
             chunk = torch.as_tensor(
                 targets[start : start + EMBED_BATCH_SIZE], dtype=torch.float32, device=device
             )
-            total += float(_loss(objective(features), chunk, task)) * len(chunk)
+            total += float(head_loss(objective(features), chunk, task)) * len(chunk)
     return total / len(keys)
 
 

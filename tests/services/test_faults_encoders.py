@@ -68,7 +68,7 @@ def module_encoders() -> Iterator[FakeEncoders]:
 
 @pytest.fixture
 def encoders(module_encoders: FakeEncoders) -> FakeEncoders:
-    """The fake encoders, reset to answer at once."""
+    """Return the fake encoders, reset to respond at once with vectors."""
     for behaviour in (module_encoders.image, module_encoders.text):
         behaviour.delay_s = 0.0
         behaviour.status = None

@@ -2,7 +2,7 @@
 
 The online store is a private redis-server on a free 127.0.0.1 port, which the test stops and
 starts. The shared Redis of the suite is not used. Each stop saves the data set to the server's
-directory, so the restarted server holds the materialized product again.
+directory, so the restarted server contains the materialized product again.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def id_only_error(stub: predictor_grpc.QualityPredictorServiceStub) -> grpc.RpcE
 
 
 def wait_for_store(stub: predictor_grpc.QualityPredictorServiceStub) -> predictor_pb2.PredictQualityResponse:
-    """Repeat an id-only call until the store answers it; fail after RECOVERY_S."""
+    """Repeat an id-only call until it is scored from the store; fail after RECOVERY_S."""
     deadline = time.monotonic() + RECOVERY_S
     while True:
         try:
